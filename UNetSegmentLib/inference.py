@@ -1,0 +1,216 @@
+"""Inference: a predictor built once from a model package and called per image.
+
+    predictor = Predictor(ModelPackage.load(folder), device="auto")
+    result = predictor.predict(sitk.ReadImage("t2.nrrd"))
+    result.labelmap          # sitk.Image, uint8, exactly the input grid
+    result.volumes_ml        # {"prostate": 43.1}
+
+Steps: shared preprocessing (``preprocessing.preprocess_image``), MONAI
+sliding-window inference with Gaussian blending on the model grid, optional
+test-time flips, argmax on the model grid, post-processing (largest connected
+component and hole filling per structure), then each label brought back onto
+the input grid. Full-resolution float maps exist for one label at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .model_package import ModelPackage
+from .postprocessing import postprocess_labels
+from .preprocessing import preprocess_image
+
+log = logging.getLogger(__name__)
+
+#: ``progress(stage, fraction)``: stage is one of "preprocessing", "inference",
+#: "postprocessing", "resampling"; fraction in 0..1 of that stage.
+ProgressCallback = Callable[[str, float], None]
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+class CancelledError(Exception):
+    """Raised inside ``predict`` when the ``should_cancel`` callback returns True."""
+
+
+@dataclass
+class Prediction:
+    """Result of one ``Predictor.predict`` call."""
+
+    labelmap: sitk.Image
+    volumes_ml: Dict[str, float]
+    timings_s: Dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA if available, else CPU; ``cuda`` without CUDA is an error."""
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("a GPU (CUDA) was requested but PyTorch sees none; use --device cpu")
+    return torch.device(device)
+
+
+def cpu_supports_bf16() -> bool:
+    """True where oneDNN has native bf16 kernels (AVX-512 BF16 / AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # noqa: BLE001 - private op; absent on some builds
+        return False
+
+
+def window_count(shape_zyx: Sequence[int], patch_zyx: Sequence[int], overlap: float) -> int:
+    """Number of sliding windows MONAI takes over ``shape_zyx`` (after padding to the patch)."""
+    n = 1
+    for s, r in zip(shape_zyx, patch_zyx):
+        s = max(s, r)
+        step = max(int(r * (1 - overlap)), 1)
+        n *= 1 if s == r else math.ceil((s - r) / step) + 1
+    return n
+
+
+class Predictor:
+    """Segments images with one model package; build once, call :meth:`predict` many times.
+
+    ``precision``: ``auto`` uses bf16 autocast on CUDA and on CPUs with native
+    bf16, float32 elsewhere. ``tta`` averages the softmax over flips of x
+    (left-right) and y.
+    """
+
+    def __init__(
+        self,
+        package: ModelPackage,
+        device: str = "auto",
+        tta: bool = False,
+        precision: str = "auto",
+        overlap: Optional[float] = None,
+        threads: Optional[int] = None,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}")
+        self.package = package
+        self.info = package.info
+        self.tta = tta
+        self.overlap = self.info.inference.overlap if overlap is None else float(overlap)
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.device = resolve_device(device)
+        self._precision = precision
+        self.network = package.build_network()
+        self._to_device(self.device)
+
+    def _to_device(self, device: torch.device) -> None:
+        self.device = device
+        net = self.network.to(device)
+        if device.type == "cpu":
+            net = net.to(memory_format=torch.channels_last_3d)
+        self.network = net
+        if self._precision == "auto":
+            bf16 = device.type == "cuda" or cpu_supports_bf16()
+        else:
+            bf16 = self._precision == "bfloat16"
+        self.dtype = torch.bfloat16 if bf16 else torch.float32
+
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def predict(
+        self,
+        image: sitk.Image,
+        progress: Optional[ProgressCallback] = None,
+        should_cancel: Optional[Callable[[], bool]] = None,
+    ) -> Prediction:
+        """Segment ``image`` (any grid, scalar); the labelmap is on exactly that grid."""
+        report = progress or (lambda stage, frac: None)
+        timings: Dict[str, float] = {}
+        t0 = time.perf_counter()
+        report("preprocessing", 0.0)
+        array_zyx, grid = preprocess_image(image, self.info.preprocessing)
+        timings["preprocessing"] = time.perf_counter() - t0
+        report("preprocessing", 1.0)
+
+        t0 = time.perf_counter()
+        try:
+            labels_zyx = self._segment(array_zyx, report, should_cancel)
+        except torch.cuda.OutOfMemoryError:
+            log.warning("GPU out of memory; running on the CPU instead")
+            torch.cuda.empty_cache()
+            self._to_device(torch.device("cpu"))
+            labels_zyx = self._segment(array_zyx, report, should_cancel)
+        timings["inference"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        report("postprocessing", 0.0)
+        values = [lab.value for lab in self.info.labels]
+        labels_zyx = postprocess_labels(labels_zyx, values)
+        timings["postprocessing"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        report("resampling", 0.0)
+        labelmap = grid.labels_to_input(labels_zyx, values)
+        timings["resampling"] = time.perf_counter() - t0
+        report("resampling", 1.0)
+        return Prediction(labelmap, label_volumes_ml(labelmap, self.info.labels), timings, self.device.type)
+
+    @torch.no_grad()
+    def _segment(self, array_zyx: np.ndarray, report: ProgressCallback, should_cancel: Optional[Callable[[], bool]]) -> np.ndarray:
+        """Model-grid ``(z, y, x)`` float array -> ``(z, y, x)`` uint8 argmax labels."""
+        from monai.inferers import sliding_window_inference
+
+        patch = self.info.inference.patch_size_zyx
+        flips: List[Tuple[int, ...]] = [()]
+        if self.tta:
+            flips += [(4,), (3,)]  # x (left-right), y (anterior-posterior)
+        per_pass = window_count(array_zyx.shape, patch, self.overlap)
+        total = per_pass * len(flips)
+        done = 0
+        report("inference", 0.0)
+
+        def network(x: torch.Tensor) -> torch.Tensor:
+            nonlocal done
+            if should_cancel is not None and should_cancel():
+                raise CancelledError("cancelled")
+            if self.device.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            with self._autocast():
+                y = self.network(x)
+            done += x.shape[0]
+            report("inference", min(done / total, 1.0))
+            return y.float()
+
+        x = torch.from_numpy(np.ascontiguousarray(array_zyx))[None, None].to(self.device)
+        probs: Optional[torch.Tensor] = None
+        for axes in flips:
+            xi = torch.flip(x, axes) if axes else x
+            logits = sliding_window_inference(
+                xi, patch, 1, network, overlap=self.overlap, mode=self.info.inference.blend_mode, padding_mode="constant", cval=float(x.min())
+            )
+            p = torch.softmax(logits, dim=1)
+            p = torch.flip(p, axes) if axes else p
+            probs = p if probs is None else probs + p
+            del logits
+        assert probs is not None
+        return probs[0].argmax(0).to(torch.uint8).cpu().numpy()
+
+
+def label_volumes_ml(labelmap: sitk.Image, labels: Sequence) -> Dict[str, float]:
+    """Volume of each label in mL (1 mL = 1000 mm^3) from voxel counts and spacing."""
+    counts = np.bincount(sitk.GetArrayViewFromImage(labelmap).ravel(), minlength=256)
+    voxel_ml = float(np.prod(labelmap.GetSpacing())) / 1000.0
+    return {lab.structure.name: float(counts[lab.value] * voxel_ml) for lab in labels}
+

@@ -1,0 +1,39 @@
+"""Post-processing of a labelmap on the model grid: one component per structure, no holes."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of a boolean ``(z, y, x)`` mask (empty stays empty)."""
+    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    if n <= 1:
+        return mask
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return lab == int(sizes.argmax())
+
+
+def postprocess_labels(labels_zyx: np.ndarray, values: Sequence[int]) -> np.ndarray:
+    """Keep the largest connected component of each label and fill its enclosed holes.
+
+    Holes are filled in 3D and slice by slice (an open-ended tube in z is still
+    filled in each slice). Filling only claims voxels that were background, so
+    one structure (the transition zone inside the peripheral zone's ring, say)
+    is never overwritten by another's holes.
+    """
+    out = np.zeros_like(labels_zyx)
+    for v in values:
+        mask = largest_component(labels_zyx == v)
+        if not mask.any():
+            continue
+        mask = ndimage.binary_fill_holes(mask)
+        for z in range(mask.shape[0]):
+            if mask[z].any():
+                mask[z] = ndimage.binary_fill_holes(mask[z])
+        out[mask & (out == 0) & ((labels_zyx == v) | (labels_zyx == 0))] = v
+    return out

@@ -1,0 +1,345 @@
+"""A training run as a short list of named steps (see :func:`run`)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import platform
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import torch
+import yaml
+
+from UNetSegmentLib.inference import cpu_supports_bf16, resolve_device
+from UNetSegmentLib.network import UNet3D, UNet3DConfig, count_parameters
+from UNetSegmentLib.preprocessing import PreprocessingSpec
+
+from .config import ExperimentConfig
+from .data import Case
+from .data.registry import read_all
+from .dataset import GLAND, PatchSampler, Volume, build_augment, load_volume
+from .losses import PartialLabelDiceCE
+
+log = logging.getLogger("training")
+
+
+@dataclass
+class Run:
+    """Everything a training run holds while it runs."""
+
+    cfg: ExperimentConfig
+    out: Path
+    device: torch.device
+    bf16: bool
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    train: List[Volume]
+    val: List[Volume]
+    epoch: int = 0
+    best_dice: float = -1.0
+    best_epoch: int = -1
+    elapsed_s: float = 0.0
+    rank: int = 0
+    world: int = 1
+
+
+def preprocessing_spec(cfg: ExperimentConfig) -> PreprocessingSpec:
+    m = cfg.model
+    return PreprocessingSpec(tuple(m.spacing_xyz_mm), "LPS", "zscore", tuple(m.clip_percentiles))  # type: ignore[arg-type]
+
+
+def network_config(cfg: ExperimentConfig) -> UNet3DConfig:
+    m = cfg.model
+    return UNet3DConfig(1, len(m.structures) + 1, m.base_channels, tuple(tuple(p) for p in m.pool_sizes), m.padding, m.norm)  # type: ignore[arg-type]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def software_versions() -> Dict[str, str]:
+    import monai
+    import SimpleITK
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "SimpleITK": SimpleITK.Version_VersionString(),
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def setup_distributed() -> tuple:
+    """(rank, world size); initialises the process group under ``torchrun``."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+        rank = torch.distributed.get_rank()
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        return rank, world
+    return 0, 1
+
+
+def load_data(cfg: ExperimentConfig, out: Path) -> tuple:
+    """Read the sources, split by patient, and preprocess every case (cached)."""
+    cases = read_all(cfg.data.sources, cfg.data.validation_per_group, cfg.train.seed)
+    spec = preprocessing_spec(cfg)
+    cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out / "cache"
+    train_cases = [c for c in cases if c.split == "train" and c.label]
+    val_cases = [c for c in cases if c.split == "validation" and c.label]
+    if not train_cases:
+        raise ValueError("no labelled training cases in the configured sources")
+    from tqdm import tqdm
+
+    vols = [load_volume(c, spec, cfg.model.structures, cache) for c in tqdm(train_cases + val_cases, desc="preprocessing", unit="case", disable=None)]
+    return cases, vols[: len(train_cases)], vols[len(train_cases) :]
+
+
+def write_split(out: Path, cases: List[Case]) -> None:
+    rows = [{"case_id": c.case_id, "split": c.split, "group": c.group, "source": c.source, "image": c.image, "label": c.label or ""} for c in cases]
+    with open(out / "split.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def build(cfg: ExperimentConfig, resume: bool) -> Run:
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rank, world = setup_distributed()
+    seed_everything(cfg.train.seed + rank)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    device = resolve_device(cfg.train.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    bf16 = cfg.train.precision == "bfloat16" or (cfg.train.precision == "auto" and (device.type == "cuda" or cpu_supports_bf16()))
+    cases, train, val = load_data(cfg, out)
+    if rank == 0:
+        write_split(out, cases)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        (out / "versions.json").write_text(json.dumps(software_versions(), indent=2))
+    model = UNet3D(network_config(cfg)).to(device)
+    if device.type == "cpu":
+        model = model.to(memory_format=torch.channels_last_3d)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.train.learning_rate, momentum=0.99, nesterov=True, weight_decay=cfg.train.weight_decay
+    )
+    run = Run(cfg, out, device, bf16, model, optimizer, train, val, rank=rank, world=world)
+    log.info(
+        "%d training and %d validation cases; %s parameters; device %s%s",
+        len(train), len(val), f"{count_parameters(model):,}", device, " (bf16)" if bf16 else "",
+    )
+    if resume and (out / "last.pt").exists():
+        load_checkpoint(run, out / "last.pt")
+    return run
+
+
+def save_checkpoint(run: Run, path: Path) -> None:
+    state = {
+        "model": _bare(run.model).state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "epoch": run.epoch,
+        "best_dice": run.best_dice,
+        "best_epoch": run.best_epoch,
+        "elapsed_s": run.elapsed_s,
+        "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+        "config": run.cfg.to_dict(),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(run: Run, path: Path) -> None:
+    # our own checkpoints hold Python RNG state (tuples), so weights_only loading cannot be used
+    state = torch.load(path, map_location=run.device, weights_only=False)
+    _bare(run.model).load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.epoch, run.best_dice, run.best_epoch = state["epoch"], state["best_dice"], state["best_epoch"]
+    run.elapsed_s = float(state.get("elapsed_s", 0.0))
+    random.setstate(state["rng"]["python"])
+    np.random.set_state(state["rng"]["numpy"])
+    torch.set_rng_state(state["rng"]["torch"])
+    log.info("resumed from %s at epoch %d (best Dice %.4f)", path, run.epoch, run.best_dice)
+
+
+def _bare(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def poly_lr(cfg: ExperimentConfig, progress: float) -> float:
+    """Poly decay over training progress in 0..1."""
+    return cfg.train.learning_rate * max(0.0, 1 - progress) ** cfg.train.poly_power
+
+
+def progress_of(run: Run, elapsed_min: float) -> float:
+    """Fraction of training done: by epochs, or by the time limit when that comes first."""
+    p = run.epoch / run.cfg.train.epochs
+    if run.cfg.train.time_limit_min > 0:
+        p = max(p, elapsed_min / run.cfg.train.time_limit_min)
+    return min(p, 1.0)
+
+
+def autocast(run: Run):
+    from contextlib import nullcontext
+
+    return torch.autocast(run.device.type, dtype=torch.bfloat16) if run.bf16 else nullcontext()
+
+
+def train_epoch(run: Run, batches, loss_fn, model, progress: float) -> float:
+    """One epoch of ``iterations_per_epoch`` batches; returns the mean loss."""
+    from tqdm import tqdm
+
+    model.train()
+    for g in run.optimizer.param_groups:
+        g["lr"] = poly_lr(run.cfg, progress)
+    total = 0.0
+    n = run.cfg.train.iterations_per_epoch
+    bar = tqdm(range(n), desc=f"epoch {run.epoch + 1}/{run.cfg.train.epochs}", unit="it", leave=False, disable=run.rank != 0 or None)
+    for _ in bar:
+        image, target, gland_only = next(batches)
+        image = image.to(run.device, non_blocking=True)
+        if run.device.type == "cpu":
+            image = image.contiguous(memory_format=torch.channels_last_3d)
+        target = target.to(run.device, non_blocking=True)
+        with autocast(run):
+            logits = model(image)
+        loss = loss_fn(logits, target, gland_only.to(run.device))
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+        run.optimizer.step()
+        total += float(loss.detach())
+        bar.set_postfix(loss=f"{float(loss):.3f}")
+    return total / n
+
+
+@torch.no_grad()
+def validate(run: Run) -> Dict[str, float]:
+    """Dice per structure on whole validation volumes (model grid), sliding window as at inference."""
+    from monai.inferers import sliding_window_inference
+
+    model = _bare(run.model)
+    model.eval()
+    names = list(run.cfg.model.structures)
+    per_structure: Dict[str, List[float]] = {n: [] for n in names}
+    gland: List[float] = []
+    for v in run.val:
+        x = torch.from_numpy(v.image)[None, None].to(run.device)
+        with autocast(run):
+            logits = sliding_window_inference(x, tuple(run.cfg.model.patch_size_zyx), 2, model, overlap=0.25, mode="gaussian")
+        pred = logits.float().argmax(1)[0].cpu().numpy()
+        t = v.target
+        gland.append(_dice(pred > 0, t > 0))
+        if v.kind != GLAND:
+            for i, n in enumerate(names, start=1):
+                per_structure[n].append(_dice(pred == i, t == i))
+    metrics = {f"dice_{n}": float(np.mean(d)) for n, d in per_structure.items() if d}
+    metrics["dice_gland"] = float(np.mean(gland)) if gland else float("nan")
+    metrics["dice_mean"] = float(np.mean([metrics[f"dice_{n}"] for n in names if f"dice_{n}" in metrics] or [metrics["dice_gland"]]))
+    return metrics
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = a.sum() + b.sum()
+    return 1.0 if s == 0 else float(2 * (a & b).sum() / s)
+
+
+class Logger:
+    """CSV log (always) and TensorBoard (when installed)."""
+
+    def __init__(self, out: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self.csv = out / "log.csv"
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out / "tensorboard"))
+            except ImportError:  # tensorboard is optional
+                log.info("tensorboard is not installed; logging to CSV only")
+
+    def write(self, epoch: int, values: Dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        new = not self.csv.exists()
+        with open(self.csv, "a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["epoch", "key", "value"])
+            for k, v in values.items():
+                w.writerow([epoch, k, f"{v:.6g}"])
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(k, v, epoch)
+            self.tb.flush()
+
+
+def fit(run: Run) -> Dict[str, float]:
+    """The training loop: epochs, validation, best and last checkpoints, time limit."""
+    cfg = run.cfg
+    augment = build_augment(cfg.augment, cfg.model.patch_size_zyx) if cfg.augment.enabled else None
+    sampler = PatchSampler(run.train, cfg.model.patch_size_zyx, cfg.data.foreground_fraction, augment, cfg.train.seed + 1000 * run.epoch)
+    loader = torch.utils.data.DataLoader(
+        sampler, batch_size=cfg.train.batch_size, num_workers=cfg.train.num_workers, persistent_workers=cfg.train.num_workers > 0
+    )
+    batches = iter(loader)
+    model = run.model
+    if run.world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    loss_fn = PartialLabelDiceCE()
+    logger = Logger(run.out, run.rank == 0)
+    start = time.monotonic() - run.elapsed_s
+    metrics: Dict[str, float] = {}
+    while run.epoch < cfg.train.epochs:
+        t0 = time.monotonic()
+        loss = train_epoch(run, batches, loss_fn, model, progress_of(run, (t0 - start) / 60))
+        run.epoch += 1
+        values = {"train_loss": loss, "lr": run.optimizer.param_groups[0]["lr"], "epoch_s": time.monotonic() - t0}
+        run.elapsed_s = time.monotonic() - start
+        out_of_time = cfg.train.time_limit_min > 0 and run.elapsed_s / 60 > cfg.train.time_limit_min
+        last = run.epoch == cfg.train.epochs or out_of_time
+        if run.rank == 0 and run.val and (run.epoch % cfg.train.validate_every == 0 or last):
+            metrics = validate(run)
+            values.update({f"val_{k}": v for k, v in metrics.items()})
+            if metrics["dice_mean"] > run.best_dice:
+                run.best_dice, run.best_epoch = metrics["dice_mean"], run.epoch
+                save_checkpoint(run, run.out / "best.pt")
+        if run.rank == 0:
+            logger.write(run.epoch, values)
+            log.info("epoch %d: %s", run.epoch, ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+            save_checkpoint(run, run.out / "last.pt")
+        if out_of_time:
+            log.info("time limit of %.0f min reached after epoch %d", cfg.train.time_limit_min, run.epoch)
+            break
+    if run.rank == 0 and not run.val:
+        save_checkpoint(run, run.out / "best.pt")
+    return metrics
+
+
+def run(cfg: ExperimentConfig, resume: bool = False) -> Path:
+    """Build, fit, and return the output folder (with best.pt, last.pt, logs, config, split)."""
+    r = build(cfg, resume)
+    fit(r)
+    if r.rank == 0:
+        summary = {"best_epoch": r.best_epoch, "best_val_dice": r.best_dice, "epochs": r.epoch}
+        (r.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if r.world > 1:
+        torch.distributed.destroy_process_group()
+    return r.out
+
