@@ -37,6 +37,8 @@ ProgressCallback = Callable[[str, float], None]
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "float32", "bfloat16")
+#: ``auto``: channels-last (NDHWC) on the CPU, where oneDNN is faster with it; ``contiguous``: NCDHW.
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
 class CancelledError(Exception):
@@ -87,7 +89,8 @@ class Predictor:
 
     ``precision``: ``auto`` uses bf16 autocast on CUDA and on CPUs with native
     bf16, float32 elsewhere. ``tta`` averages the softmax over flips of x
-    (left-right) and y.
+    (left-right) and y. ``memory_format``: see :data:`MEMORY_FORMATS`
+    (``contiguous`` is the NCDHW baseline of ``benchmarks/bench_cpu_options.py``).
     """
 
     def __init__(
@@ -98,9 +101,13 @@ class Predictor:
         precision: str = "auto",
         overlap: Optional[float] = None,
         threads: Optional[int] = None,
+        memory_format: str = "auto",
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}")
+        if memory_format not in MEMORY_FORMATS:
+            raise ValueError(f"memory_format must be one of {MEMORY_FORMATS}")
+        self.memory_format = memory_format
         self.package = package
         self.info = package.info
         self.tta = tta
@@ -115,7 +122,7 @@ class Predictor:
     def _to_device(self, device: torch.device) -> None:
         self.device = device
         net = self.network.to(device)
-        if device.type == "cpu":
+        if self._channels_last():
             net = net.to(memory_format=torch.channels_last_3d)
         self.network = net
         if self._precision == "auto":
@@ -123,6 +130,11 @@ class Predictor:
         else:
             bf16 = self._precision == "bfloat16"
         self.dtype = torch.bfloat16 if bf16 else torch.float32
+
+    def _channels_last(self) -> bool:
+        if self.memory_format == "auto":
+            return self.device.type == "cpu"
+        return self.memory_format == "channels_last"
 
     def _autocast(self):
         if self.dtype == torch.float32:
@@ -185,7 +197,7 @@ class Predictor:
             nonlocal done
             if should_cancel is not None and should_cancel():
                 raise CancelledError("cancelled")
-            if self.device.type == "cpu":
+            if self._channels_last():
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             with self._autocast():
                 y = self.network(x)

@@ -235,8 +235,9 @@ class ModelPackage:
         try:
             state = load_file(str(self.weights_path), device="cpu")
             net.load_state_dict(state, strict=True)
-        except Exception as e:  # safetensors raises several types on corrupt files
-            raise ModelPackageError(f"cannot load weights {self.weights_path}: {e}") from e
+        except Exception as e:  # safetensors and torch raise several types on corrupt or mismatched files
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelPackageError(f"cannot load weights {self.weights_path}: {first[:300]}") from e
         net.eval()
         return net
 

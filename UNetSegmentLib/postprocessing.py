@@ -24,9 +24,11 @@ def postprocess_labels(labels_zyx: np.ndarray, values: Sequence[int]) -> np.ndar
     Holes are filled in 3D and slice by slice (an open-ended tube in z is still
     filled in each slice). Filling only claims voxels that were background, so
     one structure (the transition zone inside the peripheral zone's ring, say)
-    is never overwritten by another's holes.
+    is never overwritten by another's holes. Background enclosed by several
+    structures goes to the innermost (smallest filled) one: a hole inside the
+    transition zone is transition zone, not the peripheral zone around it.
     """
-    out = np.zeros_like(labels_zyx)
+    filled = {}
     for v in values:
         mask = largest_component(labels_zyx == v)
         if not mask.any():
@@ -35,5 +37,8 @@ def postprocess_labels(labels_zyx: np.ndarray, values: Sequence[int]) -> np.ndar
         for z in range(mask.shape[0]):
             if mask[z].any():
                 mask[z] = ndimage.binary_fill_holes(mask[z])
-        out[mask & (out == 0) & ((labels_zyx == v) | (labels_zyx == 0))] = v
+        filled[v] = mask
+    out = np.zeros_like(labels_zyx)
+    for v in sorted(filled, key=lambda v: np.count_nonzero(filled[v])):
+        out[filled[v] & (out == 0) & ((labels_zyx == v) | (labels_zyx == 0))] = v
     return out

@@ -1,0 +1,42 @@
+"""pytest fixtures for the Slicer module tests: the stand-in installed, the module imported, a model installed.
+
+Test modules load them with ``pytest_plugins = ("slicer_standin.fixtures",)``.
+The module under test runs its real background process: ``sys.executable -m
+UNetSegmentLib`` stands in for ``PythonSlicer -m UNetSegmentLib``.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from .helpers import importModule
+
+
+@pytest.fixture
+def slicer_env(tmp_path, monkeypatch):
+    """``(slicer, UNetSegment module)`` with a fresh scene; the model cache is a temporary folder."""
+    from . import install, uninstall
+
+    temp = tmp_path / "slicer-temp"
+    temp.mkdir()
+    monkeypatch.setenv("UNETSEGMENT_HOME", str(tmp_path / "model-cache"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    slicer = install(str(temp))
+    module = importModule()
+    yield types.SimpleNamespace(slicer=slicer, module=module, temp=temp, tmp=tmp_path)
+    uninstall()
+    for name in list(sys.modules):
+        if name == "UNetSegment" or name.startswith("UNetSegmentLogicLib"):
+            del sys.modules[name]
+
+
+@pytest.fixture
+def installed_tiny_model(slicer_env, tiny_package):
+    """The ``tiny_package`` test model installed into the (temporary) model cache, as the panel's import does."""
+    zip_path = tiny_package.to_zip(slicer_env.tmp / "tiny-test-model.zip")
+    logic = slicer_env.module.UNetSegmentLogic(pythonCommand=[sys.executable])
+    info = logic.importModelZip(str(zip_path))
+    return f"{info.id}@{info.version}"

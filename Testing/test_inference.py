@@ -1,0 +1,282 @@
+"""The inference pipeline: geometry round trip, post-processing, sliding windows, TTA, cancellation, memory.
+
+The network has random weights, so what it segments is meaningless; the
+geometry tests therefore also prove the round trip without the network: an
+ellipsoid defined in physical (LPS) millimetres is rasterised on the model
+grid, brought back with ``ModelGrid.labels_to_input`` and compared with the
+same ellipsoid rasterised directly on the input grid.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import make_tiny_package, synthetic_image
+
+from UNetSegmentLib.inference import CancelledError, Predictor, label_volumes_ml, window_count
+from UNetSegmentLib.io import read_image
+from UNetSegmentLib.postprocessing import largest_component, postprocess_labels
+from UNetSegmentLib.preprocessing import ModelGrid, PreprocessingSpec, preprocess_image
+
+
+def _rotation(ax_deg: float, ay_deg: float, az_deg: float) -> np.ndarray:
+    ax, ay, az = (math.radians(a) for a in (ax_deg, ay_deg, az_deg))
+    rx = np.array([[1, 0, 0], [0, math.cos(ax), -math.sin(ax)], [0, math.sin(ax), math.cos(ax)]])
+    ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
+    rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+#: direction matrices (columns: LPS direction of the voxel axes i, j, k)
+DIRECTIONS = {
+    "axis-aligned": np.eye(3),
+    "oblique": _rotation(12.0, -18.0, 25.0),
+    "flipped-ras": np.diag([-1.0, -1.0, 1.0]),  # stored as RAS: i to the right, j anterior
+    "sagittal-permuted": np.array(
+        [[0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]
+    ),  # i posterior, j inferior, k right
+}
+
+
+def _grid(
+    direction: np.ndarray, size_xyz=(96, 80, 20), spacing=(0.7, 0.7, 3.0), centre_lps=(10.0, -25.0, 40.0)
+) -> sitk.Image:
+    """An empty uint8 image of ``size_xyz`` whose centre lies at ``centre_lps``."""
+    img = sitk.Image([int(s) for s in size_xyz], sitk.sitkUInt8)
+    img.SetSpacing(spacing)
+    img.SetDirection(tuple(float(v) for v in direction.ravel()))
+    half = direction @ ((np.array(size_xyz) - 1) * np.array(spacing) / 2)
+    img.SetOrigin(tuple(float(v) for v in np.array(centre_lps) - half))
+    return img
+
+
+def _physical_points_zyx(ref: sitk.Image) -> np.ndarray:
+    """LPS mm of every voxel centre: array ``(z, y, x, 3)``."""
+    x, y, z = ref.GetSize()
+    kk, jj, ii = np.meshgrid(np.arange(z), np.arange(y), np.arange(x), indexing="ij")
+    idx = np.stack([ii, jj, kk], -1).astype(float) * np.array(ref.GetSpacing())
+    direction = np.array(ref.GetDirection()).reshape(3, 3)
+    return idx @ direction.T + np.array(ref.GetOrigin())
+
+
+ELLIPSOID_CENTRE = np.array([25.0, -36.0, 49.0])  # 15, 11, 9 mm off the grid centre, so a flipped axis misses it
+ELLIPSOID_AXES = np.array([15.0, 10.0, 12.0])  # mm, all different
+ELLIPSOID_ROTATION = _rotation(0.0, 0.0, 30.0)
+
+
+def _ellipsoid(ref: sitk.Image, centre_lps: np.ndarray = ELLIPSOID_CENTRE) -> np.ndarray:
+    """The physical ellipsoid rasterised on ``ref``'s grid: bool ``(z, y, x)``."""
+    q = (_physical_points_zyx(ref) - centre_lps) @ ELLIPSOID_ROTATION  # into the ellipsoid's frame
+    return (((q / ELLIPSOID_AXES) ** 2).sum(-1)) <= 1.0
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.count_nonzero(a & b) / max(np.count_nonzero(a) + np.count_nonzero(b), 1)
+
+
+def _as_image(mask_zyx: np.ndarray, ref: sitk.Image) -> sitk.Image:
+    img = sitk.GetImageFromArray((100 + 900 * mask_zyx).astype(np.int16))
+    img.CopyInformation(ref)
+    return img
+
+
+SPEC = PreprocessingSpec((1.0, 1.2, 2.0), normalization="none")
+
+
+def _check_round_trip(ref: sitk.Image, centre_lps: np.ndarray = ELLIPSOID_CENTRE) -> None:
+    truth_input = _ellipsoid(ref, centre_lps)
+    assert truth_input.sum() > 1000
+    array_zyx, grid = preprocess_image(_as_image(truth_input, ref), SPEC)
+    assert array_zyx.shape == grid.shape_zyx
+    truth_model = _ellipsoid(grid.reference, centre_lps)
+    # the image went to the model grid at the right place ...
+    assert _dice(array_zyx > 550, truth_model) > 0.9
+    # ... and a label on the model grid comes back onto the same physical voxels of the input grid
+    back = grid.labels_to_input(truth_model.astype(np.uint8) * 2, [2])
+    assert back.GetSize() == ref.GetSize() and back.GetOrigin() == ref.GetOrigin()
+    assert back.GetDirection() == ref.GetDirection() and back.GetSpacing() == ref.GetSpacing()
+    assert _dice(sitk.GetArrayFromImage(back) == 2, truth_input) > 0.9
+    # the test can fail: the same label mirrored on the model grid lands elsewhere
+    mirrored = grid.labels_to_input(np.ascontiguousarray(truth_model[:, :, ::-1]).astype(np.uint8), [1])
+    assert _dice(sitk.GetArrayFromImage(mirrored) == 1, truth_input) < 0.5
+
+
+@pytest.mark.parametrize("name", sorted(DIRECTIONS))
+def test_an_ellipsoid_survives_the_trip_to_the_model_grid_and_back(name):
+    _check_round_trip(_grid(DIRECTIONS[name]))
+
+
+@pytest.mark.parametrize("name", sorted(DIRECTIONS))
+def test_the_labelmap_is_on_exactly_the_input_grid(tiny_package, name):
+    image = synthetic_image(
+        size_xyz=(72, 64, 14),
+        spacing=(0.9, 0.8, 3.0),
+        direction=tuple(DIRECTIONS[name].ravel()),
+        origin=(-30.0, 20.5, -50.0),
+    )
+    result = Predictor(tiny_package, device="cpu").predict(image)
+    lab = result.labelmap
+    assert lab.GetPixelID() == sitk.sitkUInt8
+    assert lab.GetSize() == image.GetSize()
+    assert lab.GetSpacing() == image.GetSpacing()
+    assert lab.GetOrigin() == image.GetOrigin()
+    assert lab.GetDirection() == image.GetDirection()
+    assert set(np.unique(sitk.GetArrayViewFromImage(lab))) <= {0, 1}
+
+
+@pytest.mark.shared_data
+def test_the_real_dicom_series_round_trips(shared_data, tiny_package):
+    image = read_image(shared_data / "prostatex" / "ProstateX-0000" / "dicom" / "t2w")
+    assert image.GetSize() == (384, 384, 19)
+    lab = Predictor(tiny_package, device="cpu").predict(image).labelmap
+    assert lab.GetSize() == image.GetSize() and lab.GetSpacing() == image.GetSpacing()
+    assert lab.GetOrigin() == image.GetOrigin() and lab.GetDirection() == image.GetDirection()
+    # the ellipsoid proof on the real scanner geometry (centred in the field of view)
+    centre = image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
+    ref = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+    ref.CopyInformation(image)
+    _check_round_trip(ref, np.array(centre) + np.array([15.0, -11.0, 9.0]))
+
+
+# -- post-processing ----------------------------------------------------------------------------------
+
+
+def _ball(shape, centre, radius) -> np.ndarray:
+    zz, yy, xx = np.indices(shape)
+    return (zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2 <= radius**2
+
+
+def test_only_the_largest_component_is_kept():
+    labels = np.zeros((20, 40, 40), np.uint8)
+    labels[_ball(labels.shape, (10, 12, 12), 6)] = 1
+    labels[_ball(labels.shape, (10, 30, 30), 3)] = 1  # a smaller, separate island
+    out = postprocess_labels(labels, [1])
+    assert np.array_equal(out == 1, _ball(labels.shape, (10, 12, 12), 6))
+    assert not largest_component(np.zeros((4, 4, 4), bool)).any()
+
+
+def test_holes_are_filled_in_3d_and_slice_by_slice():
+    shape = (12, 30, 30)
+    ball = _ball(shape, (6, 15, 15), 5)
+    tube = np.zeros(shape, bool)
+    tube[:, 1:8, 20:27] = True
+    tube[:, 3:6, 22:25] = False  # open at both ends in z: not a hole in 3D, but one in every slice
+    labels = np.zeros(shape, np.uint8)
+    labels[ball & ~_ball(shape, (6, 15, 15), 2)] = 1  # a hollow ball
+    labels[tube] = 2
+    out = postprocess_labels(labels, [1, 2])
+    assert np.array_equal(out == 1, ball)
+    assert (out[:, 3:6, 22:25] == 2).all() and np.count_nonzero(out == 2) == 12 * 7 * 7
+
+
+def test_the_transition_zone_is_not_overwritten_by_the_peripheral_zones_hole_filling():
+    shape = (10, 40, 40)
+    gland = _ball(shape, (5, 20, 20), 12)
+    tz = _ball(shape, (5, 20, 20), 7)
+    labels = np.where(gland, 1, 0).astype(np.uint8)
+    labels[tz] = 2
+    labels[5, 20, 20] = 0  # a hole inside the TZ
+    out = postprocess_labels(labels, [1, 2])
+    assert (out[tz] == 2).all()  # TZ kept, its hole filled with TZ
+    assert np.array_equal(out == 1, gland & ~tz)
+
+
+# -- sliding windows, TTA, cancellation -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(8, 32, 32), (10, 40, 70), (5, 20, 20), (19, 77, 33)])
+@pytest.mark.parametrize("overlap", [0.25, 0.5])
+def test_window_count_matches_what_monai_runs(shape, overlap):
+    from monai.inferers import sliding_window_inference
+
+    calls = []
+
+    def net(x):
+        calls.append(x.shape[0])
+        return x
+
+    sliding_window_inference(torch.zeros((1, 1) + shape), (8, 32, 32), 1, net, overlap=overlap)
+    assert window_count(shape, (8, 32, 32), overlap) == sum(calls)
+
+
+def _inference_reports(predictor, image):
+    reports = []
+    result = predictor.predict(image, progress=lambda stage, frac: reports.append((stage, frac)))
+    return result, [f for s, f in reports if s == "inference"]
+
+
+def test_tta_runs_three_passes(tiny_package):
+    image = synthetic_image()
+    plain, plain_reports = _inference_reports(Predictor(tiny_package, device="cpu"), image)
+    tta, tta_reports = _inference_reports(Predictor(tiny_package, device="cpu", tta=True), image)
+    # one report before the first window, then one per window: TTA runs the windows three times
+    assert len(tta_reports) - 1 == 3 * (len(plain_reports) - 1)
+    assert tta_reports[-1] == 1.0 and tta_reports == sorted(tta_reports)
+    assert tta.labelmap.GetSize() == plain.labelmap.GetSize()
+
+
+def test_cancel_raises_cancelled_error(tiny_package):
+    asked = []
+
+    def should_cancel():
+        asked.append(1)
+        return len(asked) >= 2  # let one window run, then cancel
+
+    predictor = Predictor(tiny_package, device="cpu")
+    with pytest.raises(CancelledError):
+        predictor.predict(synthetic_image(), should_cancel=should_cancel)
+    assert len(asked) == 2
+    with pytest.raises(CancelledError):
+        predictor.predict(synthetic_image(), should_cancel=lambda: True)
+    assert predictor.predict(synthetic_image(), should_cancel=lambda: False).labelmap.GetSize() == (64, 64, 16)
+
+
+def test_zonal_models_give_both_labels_and_their_volumes(tmp_path):
+    pkg = make_tiny_package(tmp_path / "zonal", structures=("peripheral_zone", "transition_zone"), seed=1)
+    result = Predictor(pkg, device="cpu").predict(synthetic_image())
+    assert set(result.volumes_ml) == {"peripheral_zone", "transition_zone"}
+    assert set(np.unique(sitk.GetArrayViewFromImage(result.labelmap))) <= {0, 1, 2}
+    assert set(result.timings_s) == {"preprocessing", "inference", "postprocessing", "resampling"}
+
+
+def test_label_volumes_are_voxel_counts_times_voxel_volume(tiny_package):
+    arr = np.zeros((10, 20, 20), np.uint8)
+    arr[2:6, 5:15, 5:10] = 1  # 200 voxels
+    lab = sitk.GetImageFromArray(arr)
+    lab.SetSpacing((0.5, 0.5, 3.0))  # 0.75 mm^3
+    assert label_volumes_ml(lab, tiny_package.info.labels) == {"prostate": pytest.approx(0.15)}
+
+
+def test_full_resolution_maps_exist_for_one_label_at_a_time(tmp_path, monkeypatch):
+    """Class probabilities live on the (coarse) model grid; at input resolution only one float indicator at a time."""
+    pkg = make_tiny_package(tmp_path / "zonal", structures=("peripheral_zone", "transition_zone"))
+    image = synthetic_image(size_xyz=(128, 128, 30), spacing=(0.5, 0.5, 1.5))
+    softmax_shapes, input_grid_resamples, handed_back = [], [], []
+    real_softmax, real_resample, real_back = torch.softmax, sitk.Resample, ModelGrid.labels_to_input
+
+    def softmax(x, dim):
+        softmax_shapes.append(tuple(x.shape))
+        return real_softmax(x, dim=dim)
+
+    def resample(*args, **kwargs):
+        out = real_resample(*args, **kwargs)
+        if out.GetSize() == image.GetSize():
+            input_grid_resamples.append((out.GetPixelID(), out.GetNumberOfComponentsPerPixel()))
+        return out
+
+    def labels_to_input(self, labels_zyx, values):
+        handed_back.append((labels_zyx.dtype, labels_zyx.shape, self.shape_zyx))
+        return real_back(self, labels_zyx, values)
+
+    monkeypatch.setattr(torch, "softmax", softmax)
+    monkeypatch.setattr(sitk, "Resample", resample)
+    monkeypatch.setattr(ModelGrid, "labels_to_input", labels_to_input)
+    Predictor(pkg, device="cpu").predict(image)
+    ((dtype, shape, model_shape),) = handed_back
+    assert dtype == np.uint8 and shape == model_shape
+    assert all(s[2:] == model_shape for s in softmax_shapes) and np.prod(model_shape) * 20 < np.prod(image.GetSize())
+    assert input_grid_resamples == [(sitk.sitkFloat32, 1)] * 2  # one indicator per label, one after the other

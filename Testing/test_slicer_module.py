@@ -1,0 +1,517 @@
+"""The Slicer module's logic against the Slicer stand-in, with the real background process.
+
+``sys.executable -m UNetSegmentLib`` stands in for ``PythonSlicer``; the model
+is the ``tiny_package`` fixture (random weights), so the tests check geometry,
+names, colours, terminology, volumes, cancellation and failures, not accuracy.
+A scripted fake process covers edge cases quickly. Static checks: Python 3.9
+grammar, import boundaries and the CMake file lists.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from slicer_standin.fakeprocess import FakeProcess
+from slicer_standin.helpers import REPO, addLinearTransform, makeInputVolume, matrixArray, pumpEvents
+
+pytest_plugins = ("slicer_standin.fixtures",)  # slicer_env, installed_tiny_model
+
+MODULE_DIR = REPO / "UNetSegment"
+LIB_DIR = REPO / "UNetSegmentLib"
+
+
+def _py_files(folder: Path):
+    return sorted(p for p in folder.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _imported_modules(path: Path):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module
+
+
+def _scene_ids(slicer):
+    return sorted(n.GetID() for n in slicer.mrmlScene.GetNodes())
+
+
+def _logic(env, **kwargs):
+    return env.module.UNetSegmentLogic(pythonCommand=[sys.executable], **kwargs)
+
+
+# -- static checks -----------------------------------------------------------------------------
+
+
+def test_module_and_library_parse_with_python39_grammar():
+    files = [MODULE_DIR / "UNetSegment.py", *_py_files(MODULE_DIR / "UNetSegmentLogicLib"), *_py_files(LIB_DIR)]
+    assert len(files) > 10
+    for path in files:
+        ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 9))
+
+
+def test_library_never_imports_slicer_qt_ctk_or_vtk():
+    for path in _py_files(LIB_DIR):
+        bad = {m for m in _imported_modules(path) if m.split(".")[0] in ("slicer", "qt", "ctk", "vtk")}
+        assert not bad, f"{path.relative_to(REPO)} imports {bad}"
+
+
+def test_module_never_imports_torch_or_the_inference_code():
+    heavy = ("torch", "monai", "UNetSegmentLib.inference", "UNetSegmentLib.network", "UNetSegmentLib.cli")
+    for path in [MODULE_DIR / "UNetSegment.py", *_py_files(MODULE_DIR / "UNetSegmentLogicLib")]:
+        bad = {m for m in _imported_modules(path) if m.startswith(heavy)}
+        assert not bad, f"{path.relative_to(REPO)} imports {bad}"
+
+
+def test_using_the_module_keeps_torch_out_of_slicers_process(tmp_path):
+    """Import the module, list models, import a model zip, read its labels: torch must stay unimported."""
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        sys.path[:0] = [{str(REPO)!r}, {str(REPO / "Testing")!r}]
+        os.environ["UNETSEGMENT_HOME"] = {str(tmp_path / "cache")!r}
+        import slicer_standin
+        from slicer_standin.helpers import importModule, makeInputVolume
+        slicer = slicer_standin.install({str(tmp_path)!r})
+        module = importModule()
+        logic = module.UNetSegmentLogic()
+        choices = logic.modelChoices()
+        labels = logic.modelLabels("prostate-wholegland-t2", {{"id": "prostate-wholegland-t2", "version": "1.0.0"}}) if any(c.installed for c in choices) else []
+        logic.versionLines()
+        makeInputVolume(slicer)
+        print("torch" in sys.modules, "monai" in sys.modules, len(choices))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    torch_loaded, monai_loaded, n_choices = out.stdout.split()
+    assert (torch_loaded, monai_loaded) == ("False", "False")
+    assert int(n_choices) >= 1
+
+
+def _cmake_list(text: str, variable: str):
+    m = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S)
+    assert m, f"{variable} not found"
+    return [t for t in m.group(1).split() if not t.startswith("#")]
+
+
+def test_cmake_lists_every_module_and_library_file():
+    module_cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
+    scripts = [s.replace("${MODULE_NAME}", "UNetSegment") for s in _cmake_list(module_cmake, "MODULE_PYTHON_SCRIPTS")]
+    resources = [
+        s.replace("${MODULE_NAME}", "UNetSegment") for s in _cmake_list(module_cmake, "MODULE_PYTHON_RESOURCES")
+    ]
+    listed_module = {MODULE_DIR / p for p in scripts + resources}
+    assert all(p.is_file() for p in listed_module), [str(p) for p in listed_module if not p.is_file()]
+    on_disk = {
+        p
+        for p in MODULE_DIR.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".ui", ".png", ".json", ".svg")
+    }
+    assert on_disk == listed_module, f"unlisted: {sorted(map(str, on_disk - listed_module))}"
+    assert "slicerMacroBuildScriptedModule" in module_cmake and "WITH_GENERIC_TESTS" in module_cmake
+    assert re.search(
+        r"if\(BUILD_TESTING\).*slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\)", module_cmake, re.S
+    )
+
+    top = (REPO / "CMakeLists.txt").read_text()
+    listed_lib = {REPO / p for p in _cmake_list(top, "LIB_PYTHON_SCRIPTS") + _cmake_list(top, "LIB_PYTHON_RESOURCES")}
+    assert all(p.is_file() for p in listed_lib), [str(p) for p in listed_lib if not p.is_file()]
+    lib_files = {p for p in LIB_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
+    assert lib_files == listed_lib, f"unlisted: {sorted(map(str, lib_files - listed_lib))}"
+    for needed in (
+        "find_package(Slicer REQUIRED)",
+        "include(${Slicer_USE_FILE})",
+        "add_subdirectory(UNetSegment)",
+        "include(${Slicer_EXTENSION_GENERATE_CONFIG})",
+        "include(${Slicer_EXTENSION_CPACK})",
+        'set(EXTENSION_DEPENDS "PyTorch")',
+    ):
+        assert needed in top, needed
+
+
+def test_terminology_file_matches_the_label_table():
+    from UNetSegmentLib.labels import STRUCTURES
+
+    doc = json.loads((MODULE_DIR / "Resources" / "prostate.term.json").read_text())
+    (category,) = doc["SegmentationCodes"]["Category"]
+    assert (category["CodingSchemeDesignator"], category["CodeValue"]) == ("SCT", "123037004")
+    types = {t["CodeValue"]: t for t in category["Type"]}
+    for s in STRUCTURES.values():
+        assert types[s.snomed_code]["CodeMeaning"] == s.snomed_meaning
+        assert tuple(types[s.snomed_code]["recommendedDisplayRGBValue"]) == s.color
+
+
+# -- the run: command line and progress ------------------------------------------------------------
+
+
+def test_command_line_and_environment_run_the_library(slicer_env):
+    logic = _logic(slicer_env)
+    volume = makeInputVolume(slicer_env.slicer)
+    fake = FakeProcess(labels_from_input=lambda a: (a > 400).astype(np.uint8))
+    logic.processFactory = lambda: fake
+    run = logic.segment(volume, modelSpec="some-model@1.2.3", device="cpu", quality="best", show3D=False)
+    cmd = fake.command
+    assert cmd[:4] == [sys.executable, "-m", "UNetSegmentLib", "segment"]
+    assert cmd[cmd.index("--model") + 1] == "some-model@1.2.3"
+    assert (cmd[cmd.index("--device") + 1], cmd[cmd.index("--quality") + 1], cmd[cmd.index("--progress") + 1]) == (
+        "cpu",
+        "best",
+        "machine",
+    )
+    assert fake.env["PYTHONPATH"].split(":")[0] == str(REPO)  # where UNetSegmentLib is, first
+    input_path = Path(cmd[4])
+    assert input_path.parent.parent == slicer_env.temp and input_path.is_file()
+    logic.cancel()
+    pumpEvents(slicer_env.slicer, lambda: not logic.isRunning())
+    assert run.status == "cancelled" and not input_path.parent.exists()
+
+
+def test_progress_stages_are_mapped_and_never_go_back(slicer_env):
+    from UNetSegmentLogicLib.run import SegmentationRun
+
+    lines = [
+        '{"x": 1}',
+        'UNETSEGMENT_PROGRESS {"stage": "loading", "fraction": 0.5, "overall": 0.02, "message": "model"}',
+        'UNETSEGMENT_PROGRESS {"stage": "downloading", "fraction": 0.5, "overall": 0.08, "message": "1.0 of 2.0 MB"}',
+        'UNETSEGMENT_PROGRESS {"stage": "inference", "fraction": 0.5, "overall": 0.5, "message": ""}',
+        'UNETSEGMENT_PROGRESS {"stage": "inference", "fraction": 0.4, "overall": 0.45, "message": ""}',
+        'UNETSEGMENT_WARNING {"message": "looks like a CT"}',
+        'UNETSEGMENT_RESULT {"volumes_ml": {"prostate": 40.0}, "model": {"id": "m", "version": "1.0.0"}}',
+    ]
+
+    class Scripted:
+        def start(self, args, env, cwd):
+            pass
+
+        def readLines(self):
+            out, lines[:] = list(lines), []
+            return out
+
+        def exitCode(self):
+            return 0
+
+        def kill(self):
+            pass
+
+    seen, logged = [], []
+    run = SegmentationRun(["x"], {}, ".", Scripted, lambda s, o, m: seen.append((s, round(o, 4), m)), logged.append)
+    run.start()
+    assert run.poll() is False and run.status == "succeeded"
+    assert [s for s, _, _ in seen] == ["preparing", "preparing", "downloading", "segmenting", "segmenting"]
+    overall = [o for _, o, _ in seen]
+    assert overall == sorted(overall) and overall[-1] == pytest.approx(0.05 + 0.9 * 0.5)
+    assert run.warnings == ["looks like a CT"] and run.result["volumes_ml"] == {"prostate": 40.0}
+    assert '{"x": 1}' in logged
+
+
+# -- the run against the real background process ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_real_run_imports_segments_on_the_input_grid(slicer_env, installed_tiny_model):
+    """Oblique input under a linear transform and a study: geometry, names, colours, terminology, volumes."""
+    slicer = slicer_env.slicer
+    volume = makeInputVolume(slicer, rotationDeg=25.0)
+    transform = addLinearTransform(slicer)
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+    study = sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), "Patient 1"), "MR study")
+    sh.SetItemParent(sh.GetItemByDataNode(volume), study)
+
+    logic = _logic(slicer_env)
+    logic.keepTemporaryFiles = True
+    stages = []
+    seg = logic.segment(
+        volume,
+        modelSpec=installed_tiny_model,
+        device="cpu",
+        quality="fast",
+        show3D=True,
+        wait=True,
+        progressCallback=lambda s, o, m: stages.append(s),
+    )
+    run = logic.lastRun
+    assert run.status == "succeeded" and seg is run.segmentationNode
+    assert stages[0] == "preparing" and stages[-1] == "importing" and "segmenting" in stages
+
+    # one segment per label, with the model's name, colour and terminology
+    segmentation = seg.GetSegmentation()
+    assert segmentation.GetNumberOfSegments() == 1
+    segment = segmentation.GetSegment("prostate")
+    assert segment.GetName() == "Prostate"
+    assert segment.GetColor() == pytest.approx(tuple(c / 255 for c in (216, 160, 102)))
+    import vtk
+
+    tag = vtk.mutable("")
+    assert segment.GetTag(segment.GetTerminologyEntryTagName(), tag)
+    assert str(tag).split("~")[:3] == [
+        "UNetSegment - prostate MRI",
+        "SCT^123037004^Anatomical Structure",
+        "SCT^41216001^Prostate",
+    ]
+
+    # reference geometry = input geometry; same parent transform; under the input's study
+    role = seg.GetReferenceImageGeometryReferenceRole()
+    assert role == "referenceImageGeometryRef" and seg.GetNodeReferenceID(role) == volume.GetID()
+    geometry, extent = vtk.vtkMatrix4x4(), [0] * 6
+    assert slicer.vtkSegmentationConverter.DeserializeImageGeometry(
+        segmentation.GetConversionParameter(slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()),
+        geometry,
+        extent,
+    )
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(ijk_to_ras)
+    np.testing.assert_allclose(matrixArray(geometry), matrixArray(ijk_to_ras), atol=1e-9)
+    assert extent == list(volume.GetImageData().GetExtent())
+    assert seg.GetTransformNodeID() == transform.GetID()
+    assert sh.GetItemParent(sh.GetItemByDataNode(seg)) == study
+    assert segmentation.ContainsRepresentation("Closed surface")
+
+    # the segment is the labelmap the process wrote, voxel for voxel, and its volume is the reported one
+    mask_kji = slicer.util.arrayFromSegmentBinaryLabelmap(seg, "prostate", volume)
+    temp_dirs = list(slicer_env.temp.glob("UNetSegment-*"))
+    written = sitk.ReadImage(str(temp_dirs[0] / "labelmap.nrrd"))
+    np.testing.assert_array_equal(mask_kji, (sitk.GetArrayFromImage(written) == 1).astype(np.uint8))
+    voxel_ml = np.prod(volume.GetSpacing()) / 1000.0
+    assert run.result["volumes_ml"]["prostate"] == pytest.approx(mask_kji.sum() * voxel_ml, abs=1e-3)
+    assert mask_kji.sum() > 0
+
+    # the labelmap file is on the input's grid in LPS: RAS = diag(-1, -1, 1) LPS
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    direction = np.array(written.GetDirection()).reshape(3, 3) * np.array(written.GetSpacing())
+    np.testing.assert_allclose(lps_to_ras @ direction, matrixArray(ijk_to_ras)[:3, :3], atol=1e-5)
+    np.testing.assert_allclose(lps_to_ras @ np.array(written.GetOrigin()), matrixArray(ijk_to_ras)[:3, 3], atol=1e-5)
+
+    # nothing temporary is left in the scene
+    assert not slicer.mrmlScene.GetNodesByClass("vtkMRMLLabelMapVolumeNode")
+    assert not slicer.mrmlScene.GetNodesByClass("vtkMRMLLabelMapVolumeDisplayNode")
+    assert not slicer.mrmlScene.GetNodesByClass("vtkMRMLVolumeArchetypeStorageNode")
+
+
+@pytest.mark.slow
+def test_real_cancel_leaves_the_scene_as_it_was(slicer_env, installed_tiny_model):
+    slicer = slicer_env.slicer
+    volume = makeInputVolume(slicer)
+    existing = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Existing")
+    existing.GetSegmentation().AddEmptySegment("other", "Other", (0.1, 0.2, 0.3))
+    before = _scene_ids(slicer)
+    logic = _logic(slicer_env)
+    finished = []
+    run = logic.segment(
+        volume, existing, modelSpec=installed_tiny_model, device="cpu", finishedCallback=finished.append
+    )
+    pumpEvents(slicer, lambda: run.overall > 0.06 or not logic.isRunning())  # the process has started reading
+    assert logic.isRunning()
+    logic.cancel()
+    pumpEvents(slicer, lambda: not logic.isRunning(), timeout=30)
+    assert finished == [run] and run.status == "cancelled"
+    assert "scene was not changed" in run.message
+    assert _scene_ids(slicer) == before
+    assert existing.GetSegmentation().GetNumberOfSegments() == 1
+    assert not list(slicer_env.temp.glob("UNetSegment-*"))
+
+
+@pytest.mark.slow
+def test_real_failure_leaves_no_segmentation(slicer_env):
+    slicer = slicer_env.slicer
+    volume = makeInputVolume(slicer)
+    before = _scene_ids(slicer)
+    logic = _logic(slicer_env)
+    with pytest.raises(RuntimeError) as info:
+        logic.segment(volume, modelSpec="no-such-model", device="cpu", wait=True)
+    message = str(info.value)
+    assert "no-such-model" in message and "Traceback" not in message and "\n" not in message
+    assert logic.lastRun.status == "failed" and logic.lastRun.exitCode == 5
+    assert _scene_ids(slicer) == before
+    assert not slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode")
+    assert not list(slicer_env.temp.glob("UNetSegment-*"))
+
+
+# -- edge cases with the scripted process ---------------------------------------------------------
+
+
+def _zonal_package(tmp):
+    from conftest import make_tiny_package
+
+    return make_tiny_package(tmp / "zonal", structures=("peripheral_zone", "transition_zone"))
+
+
+def test_result_replaces_same_segments_and_keeps_others(slicer_env):
+    slicer = slicer_env.slicer
+    volume = makeInputVolume(slicer)
+    package = _zonal_package(slicer_env.tmp)
+    seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Mine")
+    seg.GetSegmentation().AddEmptySegment("lesion", "Lesion", (1.0, 0.0, 0.0))
+    seg.GetSegmentation().AddEmptySegment("transition_zone", "old TZ", (0.0, 0.0, 1.0))
+
+    def zones(a_zyx):
+        labels = np.zeros(a_zyx.shape, np.uint8)
+        labels[a_zyx > 400] = 2
+        labels[:, :, : a_zyx.shape[2] // 2][a_zyx[:, :, : a_zyx.shape[2] // 2] > 400] = 1
+        return labels
+
+    fake = FakeProcess(zones, structure_names={1: "peripheral_zone", 2: "transition_zone"})
+    logic = _logic(slicer_env, processFactory=lambda: fake)
+    out = logic.segment(volume, seg, modelSpec=str(package.path), device="cpu", show3D=False, wait=True)
+    assert out is seg
+    s = seg.GetSegmentation()
+    assert [s.GetNthSegmentID(i) for i in range(s.GetNumberOfSegments())] == [
+        "lesion",
+        "transition_zone",
+        "peripheral_zone",
+    ]
+    assert s.GetSegment("transition_zone").GetName() == "Transition zone"
+    assert s.GetSegment("lesion").GetName() == "Lesion"
+    assert not s.ContainsRepresentation("Closed surface")
+    expected = zones(slicer.util.arrayFromVolume(volume))
+    for value, segment_id in ((1, "peripheral_zone"), (2, "transition_zone")):
+        np.testing.assert_array_equal(
+            slicer.util.arrayFromSegmentBinaryLabelmap(seg, segment_id, volume), expected == value
+        )
+    assert logic.lastRun.labels[1]["terminology"]["type"]["code"] == "399384005"
+
+
+def test_error_line_becomes_the_message_and_the_scene_is_unchanged(slicer_env):
+    slicer = slicer_env.slicer
+    volume = makeInputVolume(slicer)
+    before = _scene_ids(slicer)
+    fake = FakeProcess(exit_code=4, error="invalid image: fewer than 3 slices")
+    logic = _logic(slicer_env, processFactory=lambda: fake)
+    finished = []
+    run = logic.segment(volume, finishedCallback=finished.append)
+    pumpEvents(slicer, lambda: not logic.isRunning())
+    assert finished == [run] and run.status == "failed"
+    assert run.message == "Invalid image: fewer than 3 slices."
+    assert _scene_ids(slicer) == before
+
+
+def test_exit_zero_without_a_result_is_a_failure(slicer_env):
+    volume = makeInputVolume(slicer_env.slicer)
+    fake = FakeProcess(labels_from_input=lambda a: a > 400, write_result=False)
+    logic = _logic(slicer_env, processFactory=lambda: fake)
+    with pytest.raises(RuntimeError, match="without a result"):
+        logic.segment(volume, wait=True)
+
+
+def test_result_on_another_grid_is_refused_and_nothing_is_left(slicer_env, tiny_package):
+    slicer = slicer_env.slicer
+    volume = makeInputVolume(slicer)
+    before = _scene_ids(slicer)
+    shrink = lambda img: sitk.RegionOfInterest(img, [img.GetSize()[0] - 1, *img.GetSize()[1:]], [0, 0, 0])  # noqa: E731
+    fake = FakeProcess(labels_from_input=lambda a: a > 400, grid_change=shrink)
+    logic = _logic(slicer_env, processFactory=lambda: fake)
+    with pytest.raises(RuntimeError, match="could not be imported"):
+        logic.segment(volume, modelSpec=str(tiny_package.path), wait=True)
+    assert _scene_ids(slicer) == before
+
+
+def test_import_failure_removes_the_new_segmentation(slicer_env, tiny_package, monkeypatch):
+    slicer = slicer_env.slicer
+    volume = makeInputVolume(slicer)
+    existing = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Existing")
+    before = _scene_ids(slicer)
+    monkeypatch.setattr(
+        slicer.vtkSlicerSegmentationsModuleLogic, "ImportLabelmapToSegmentationNode", staticmethod(lambda *a: False)
+    )
+    for output in (None, existing):
+        logic = _logic(slicer_env, processFactory=lambda: FakeProcess(labels_from_input=lambda a: a > 400))
+        with pytest.raises(RuntimeError, match="could not import"):
+            logic.segment(volume, output, modelSpec=str(tiny_package.path), wait=True)
+        assert _scene_ids(slicer) == before
+        assert existing.GetSegmentation().GetNumberOfSegments() == 0
+
+
+def test_invalid_requests_are_refused_before_anything_starts(slicer_env):
+    slicer = slicer_env.slicer
+    logic = _logic(slicer_env, processFactory=lambda: FakeProcess(labels_from_input=lambda a: a > 400))
+    with pytest.raises(ValueError, match="Select a T2 volume"):
+        logic.segment(None)
+    flat = slicer.util.addVolumeFromArray(np.zeros((1, 64, 64), np.int16))
+    with pytest.raises(ValueError, match="3D T2 scan"):
+        logic.segment(flat)
+    volume = makeInputVolume(slicer)
+    logic.segment(volume)
+    with pytest.raises(RuntimeError, match="already running"):
+        logic.segment(volume)
+    assert len(list(slicer_env.temp.glob("UNetSegment-*"))) == 1
+
+
+# -- models and dependencies ------------------------------------------------------------------
+
+
+def test_model_choices_and_offline_import(slicer_env, tiny_package):
+    logic = _logic(slicer_env)
+    before = logic.modelChoices()
+    assert before[0].id == "prostate-wholegland-t2"
+    info = logic.importModelZip(str(tiny_package.to_zip(slicer_env.tmp / "m.zip")))
+    choices = logic.modelChoices()
+    tiny = next(c for c in choices if c.id == "tiny-test-model")
+    assert tiny.installed and tiny.spec == f"{info.id}@{info.version}" and tiny.structures == ("Prostate",)
+    assert "CC0-1.0 (random)" in tiny.summary()
+    assert [c.installed for c in choices] == sorted((c.installed for c in choices), reverse=True)
+    assert Path(logic.cacheFolder()) == slicer_env.tmp / "model-cache"
+    logic.clearCache()
+    assert all(c.id != "tiny-test-model" for c in logic.modelChoices())
+
+
+def test_dependencies_are_installed_with_confirmation_and_pinned(slicer_env, monkeypatch):
+    from UNetSegmentLogicLib import dependencies
+
+    slicer = slicer_env.slicer
+    logic = _logic(slicer_env)
+    logic.ensureDependencies()  # everything present here: nothing asked, nothing installed
+    assert slicer.util.pipCalls == [] and slicer.util.messages == []
+
+    monkeypatch.setattr(dependencies, "PIP_REQUIREMENTS", ["monai>=1.3,<2", "unetsegment-missing-package>=1"])
+    constraints = []
+    monkeypatch.setattr(
+        slicer.util,
+        "pip_install",
+        lambda args: (slicer.util.pipCalls.append(args), constraints.append(Path(args[1]).read_text())),
+    )
+    slicer.util.answers.append(False)
+    with pytest.raises(dependencies.DependencyError, match="were not installed"):
+        logic.ensureDependencies()
+    assert slicer.util.pipCalls == [] and "unetsegment-missing-package>=1" in slicer.util.messages[-1][1]
+
+    with pytest.raises(dependencies.DependencyError, match="unetsegment-missing-package"):
+        logic.ensureDependencies()  # confirmed (testing mode), pip "ran" but the package is still missing
+    (args,) = slicer.util.pipCalls
+    assert args[0] == "-c" and args[2:] == ["unetsegment-missing-package>=1"]
+    pins = dict(line.split("==") for line in constraints[0].split())
+    assert set(pins) == {"torch", "numpy", "scipy", "SimpleITK"}
+    assert not Path(args[1]).exists()
+
+
+def test_torch_comes_from_the_pytorch_extension(slicer_env, monkeypatch):
+    import types
+
+    from UNetSegmentLogicLib import dependencies
+
+    logic = _logic(slicer_env)
+    monkeypatch.setattr(dependencies, "TORCH_REQUIREMENT", ">=99")
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)
+    with pytest.raises(dependencies.DependencyError, match="PyTorch extension"):
+        logic.ensureDependencies()
+    calls = []
+
+    class PyTorchUtilsLogic:
+        def installTorch(self, askConfirmation=False, torchVersionRequirement=None, **kwargs):
+            calls.append((askConfirmation, torchVersionRequirement))
+            return None  # the user declined
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
+    with pytest.raises(dependencies.DependencyError, match="PyTorch >=99 is needed"):
+        logic.ensureDependencies()
+    assert calls == [(True, ">=99")]

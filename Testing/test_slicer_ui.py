@@ -1,0 +1,221 @@
+"""The module's panel: the ``.ui`` file against the code, and the Widget driven through the Slicer stand-in."""
+
+from __future__ import annotations
+
+import ast
+import sys
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+from slicer_standin.fakeprocess import FakeProcess
+from slicer_standin.helpers import REPO, makeInputVolume, pumpEvents
+
+pytest_plugins = ("slicer_standin.fixtures",)  # slicer_env, installed_tiny_model
+
+MODULE_FILE = REPO / "UNetSegment" / "UNetSegment.py"
+UI_FILE = REPO / "UNetSegment" / "Resources" / "UI" / "UNetSegment.ui"
+
+
+def _ui_widgets():
+    """name -> (class, {property: text or list})"""
+    widgets = {}
+    for w in ET.parse(UI_FILE).getroot().iter("widget"):
+        props = {}
+        for p in w.findall("property"):
+            value = p[0] if len(p) else None
+            if value is not None and value.tag == "stringlist":
+                props[p.get("name")] = [s.text for s in value.findall("string")]
+            elif value is not None:
+                props[p.get("name")] = value.text
+        widgets[w.get("name")] = (w.get("class"), props)
+    return widgets
+
+
+def _used_ui_names():
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+    return {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "ui"
+    }
+
+
+def _parameter_annotations():
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "UNetSegmentParameterNode")
+    return {n.target.id: ast.unparse(n.annotation) for n in cls.body if isinstance(n, ast.AnnAssign)}
+
+
+def test_every_widget_the_code_uses_is_in_the_ui_with_a_fitting_class():
+    widgets = _ui_widgets()
+    missing = _used_ui_names() - set(widgets)
+    assert not missing, f"used in UNetSegment.py but not in the .ui: {sorted(missing)}"
+    annotations = _parameter_annotations()
+    bound = {
+        props["SlicerParameterName"]: (name, cls, props)
+        for name, (cls, props) in widgets.items()
+        if "SlicerParameterName" in props
+    }
+    assert set(bound) == set(annotations) - {"modelSpec"}  # the model list is filled from the store, not bound
+    for parameter, (name, cls, props) in bound.items():
+        kind = annotations[parameter]
+        if kind.startswith("vtkMRML"):
+            assert cls == "qMRMLNodeComboBox" and props["nodeTypes"] == [kind], name
+        elif kind == "bool":
+            assert cls == "QCheckBox", name
+        else:
+            assert kind in ("Device", "Quality") and cls == "QComboBox", name
+    assert widgets["segmentButton"] == ("QPushButton", widgets["segmentButton"][1])
+    assert widgets["segmentButton"][1]["text"] == "Segment Prostate"
+    for name in ("logCollapsibleButton", "advancedCollapsibleButton"):
+        assert widgets[name][0] == "ctkCollapsibleButton" and widgets[name][1]["collapsed"] == "true"
+
+
+def _widget(env):
+    import qt
+
+    parent = env.slicer.qMRMLWidget()
+    parent.setLayout(qt.QVBoxLayout())
+    widget = env.module.UNetSegmentWidget(parent)
+    widget.setup()
+    widget.logic.pythonCommand = [sys.executable]
+    return widget
+
+
+def test_panel_binds_to_the_parameter_node_both_ways(slicer_env):
+    slicer, module = slicer_env.slicer, slicer_env.module
+    volume = makeInputVolume(slicer)
+    w = _widget(slicer_env)
+    p = w._parameterNode
+    assert p.inputVolume is volume and w.ui.inputVolumeSelector.currentNode() is volume
+    assert w.ui.segmentButton.enabled and w.ui.segmentButton.text == "Segment Prostate"
+    assert not w.ui.progressBar.visible
+
+    w.ui.deviceComboBox.currentIndex = 1
+    assert p.device is module.Device.CPU
+    p.quality = module.Quality.BEST
+    assert w.ui.qualityComboBox.currentText == "Best (test-time augmentation)"
+    w.ui.show3DCheckBox.checked = False
+    assert p.show3D is False
+    seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    p.outputSegmentation = seg
+    assert w.ui.outputSegmentationSelector.currentNode() is seg
+
+    p.inputVolume = None
+    assert not w.ui.segmentButton.enabled
+
+
+@pytest.mark.slow
+def test_segment_button_runs_turns_into_cancel_and_fills_the_results(slicer_env, installed_tiny_model):
+    slicer = slicer_env.slicer
+    makeInputVolume(slicer)
+    w = _widget(slicer_env)
+    w.refreshModels()
+    w.ui.modelComboBox.currentIndex = w.ui.modelComboBox.findData(installed_tiny_model)
+    assert w._parameterNode.modelSpec == installed_tiny_model
+    w.ui.deviceComboBox.currentIndex = 1  # CPU
+
+    w.ui.segmentButton.click()
+    assert w.logic.isRunning()
+    assert w.ui.segmentButton.text == "Cancel" and w.ui.segmentButton.enabled
+    assert w.ui.progressBar.visible and not w.ui.inputsCollapsibleButton.enabled
+    pumpEvents(slicer, lambda: not w.logic.isRunning())
+
+    run = w.logic.lastRun
+    assert run.status == "succeeded", run.message
+    assert w.ui.segmentButton.text == "Segment Prostate" and not w.ui.progressBar.visible
+    assert w.ui.inputsCollapsibleButton.enabled
+    assert w.ui.statusLabel.text.startswith("Done in")
+    assert w._parameterNode.outputSegmentation is run.segmentationNode
+    assert w.ui.resultsTable.rowCount == 1
+    assert w.ui.resultsTable.item(0, 0).text() == "Prostate"
+    assert w.ui.resultsTable.item(0, 1).text() == f"{run.result['volumes_ml']['prostate']:.1f}"
+    assert "Result: prostate" in w.ui.logTextEdit.plainText
+
+
+def test_cancel_button_stops_the_run_and_leaves_the_scene(slicer_env):
+    slicer = slicer_env.slicer
+    makeInputVolume(slicer)
+    w = _widget(slicer_env)
+    w.logic.processFactory = lambda: FakeProcess(labels_from_input=lambda a: a > 400)
+    before = sorted(n.GetID() for n in slicer.mrmlScene.GetNodes())
+    w.ui.segmentButton.click()
+    assert w.ui.segmentButton.text == "Cancel"
+    w.ui.segmentButton.click()
+    pumpEvents(slicer, lambda: not w.logic.isRunning())
+    assert w.logic.lastRun.status == "cancelled"
+    assert w.ui.statusLabel.text == "Segmentation was cancelled; the scene was not changed."
+    assert w.ui.segmentButton.text == "Segment Prostate"
+    assert sorted(n.GetID() for n in slicer.mrmlScene.GetNodes()) == before
+    assert not [m for m in slicer.util.messages if m[0] == "error"]
+
+
+def test_a_failed_run_shows_one_plain_message(slicer_env):
+    slicer = slicer_env.slicer
+    makeInputVolume(slicer)
+    w = _widget(slicer_env)
+    w.logic.processFactory = lambda: FakeProcess(exit_code=4, error="invalid image: the volume is constant")
+    w.ui.segmentButton.click()
+    pumpEvents(slicer, lambda: not w.logic.isRunning())
+    errors = [m for m in slicer.util.messages if m[0] == "error"]
+    assert len(errors) == 1
+    _, text, details = errors[0]
+    assert text == "Invalid image: the volume is constant."
+    assert "Traceback" not in text and "Traceback" not in (details or "")
+    assert w.ui.statusLabel.text == "Failed: Invalid image: the volume is constant."
+    assert not slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode")
+
+
+def test_a_missing_dependency_is_reported_before_anything_runs(slicer_env, monkeypatch):
+    from UNetSegmentLogicLib import dependencies
+
+    slicer = slicer_env.slicer
+    makeInputVolume(slicer)
+    w = _widget(slicer_env)
+    monkeypatch.setattr(dependencies, "TORCH_REQUIREMENT", ">=99")
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)
+    slicer.app._testingEnabled = False  # dialogs are shown outside testing mode
+    with pytest.raises(dependencies.DependencyError):
+        w.ui.segmentButton.click()  # Slicer prints the re-raised exception to the console
+    ((kind, text, _),) = slicer.util.messages
+    assert kind == "error" and text.startswith(
+        "Segmentation could not start.\n\nUNetSegment needs the PyTorch extension"
+    )
+    assert not w.logic.isRunning() and not w.ui.progressBar.visible
+    assert slicer.app.overrideCursorDepth == 0
+
+
+def test_advanced_actions(slicer_env, tiny_package):
+    import qt
+
+    slicer = slicer_env.slicer
+    w = _widget(slicer_env)
+    assert [w.ui.modelComboBox.itemData(i) for i in range(w.ui.modelComboBox.count)] == ["prostate-wholegland-t2@1.0.0"]
+
+    qt.QFileDialog.nextFileNames.append(str(tiny_package.to_zip(slicer_env.tmp / "tiny.zip")))
+    w.ui.importModelButton.click()
+    assert w.ui.modelComboBox.currentText == "Tiny test model (0.0.1)"
+    assert w._parameterNode.modelSpec == "tiny-test-model@0.0.1"
+    assert "CC0-1.0 (random)" in w.ui.modelInfoLabel.text
+
+    w.ui.openCacheFolderButton.click()
+    assert qt.QDesktopServices.opened == [qt.QUrl.fromLocalFile(str(slicer_env.tmp / "model-cache")).toString()]
+
+    slicer.util.answers.append(False)
+    w.ui.clearCacheButton.click()
+    assert w.ui.modelComboBox.count == 2
+    w.ui.clearCacheButton.click()
+    assert w.ui.modelComboBox.count == 1 and w._parameterNode.modelSpec == "prostate-wholegland-t2@1.0.0"
+    assert w.ui.modelComboBox.currentText.startswith("Prostate whole gland")
+
+    w.logic.processFactory = lambda: FakeProcess()
+    w.ui.showVersionsButton.click()
+    pumpEvents(slicer, lambda: w.logic.lastRun is None and not w._infoRun.timer.isActive())
+    log = w.ui.logTextEdit.plainText
+    assert (
+        "UNetSegment 0.1.0" in log and "torch 2." in log and "model prostate-wholegland-t2@" in log
+    )
+    assert "a line that is not part of the protocol" in log
+    assert not w.ui.logCollapsibleButton.collapsed
+    assert np.all([m[0] != "error" for m in slicer.util.messages])

@@ -1,0 +1,10 @@
+"""Helpers of the UNetSegment Slicer module, kept out of UNetSegment.py so it stays small.
+
+- ``process``: a background process behind a small interface (start, read lines, exit code, kill).
+- ``run``: one segmentation run driven by polling: command line, progress, outcome.
+- ``models``: the models offered in the panel (installed and downloadable).
+- ``dependencies``: Python packages the background process needs, installed on first use.
+- ``results``: the labelmap brought into the scene as a segmentation.
+
+Only ``results`` and ``dependencies`` use Slicer's API; nothing here imports torch.
+"""
