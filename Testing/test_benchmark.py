@@ -37,7 +37,9 @@ def _row(case_id, dice, source="external", image="img.nii.gz", label="lab.nii.gz
 def test_published_results_match_only_the_same_case_or_dataset():
     taps_guerbet = next(p for p in PUBLISHED if p.same_case and "Guerbet23" in p.same_case[1])
     vnet = next(p for p in PUBLISHED if p.method.startswith("V-Net"))
-    px = _row("px", 0.8, image="/d/ProstateX-0000/t2w.nii.gz", label="/d/ProstateX-0000/labels/wholegland_AI_Guerbet23.nii.gz")
+    px = _row(
+        "px", 0.8, image="/d/ProstateX-0000/t2w.nii.gz", label="/d/ProstateX-0000/labels/wholegland_AI_Guerbet23.nii.gz"
+    )
     promise = [_row("Case01", 0.9, source="promise12"), _row("Case02", 0.7, source="promise12")]
     evals = [EvalSet("a", Path("a"), "", [px]), EvalSet("b", Path("b"), "", promise)]
     assert match_published(taps_guerbet, evals) == ("same case and reference", pytest.approx(0.8), 1)
@@ -56,7 +58,10 @@ def _pairs(folder: Path, n: int = 3) -> Path:
     for i in range(n):
         img = synthetic_image(size_xyz=(48, 48, 12), spacing=(1.5, 1.5, 3.0), seed=i)
         sitk.WriteImage(img, str(folder / f"case{i}_image.nii.gz"))
-        sitk.WriteImage(sitk.Cast(sitk.BinaryThreshold(img, 400, 10000, 1, 0), sitk.sitkUInt8), str(folder / f"case{i}_label.nii.gz"))
+        sitk.WriteImage(
+            sitk.Cast(sitk.BinaryThreshold(img, 400, 10000, 1, 0), sitk.sitkUInt8),
+            str(folder / f"case{i}_label.nii.gz"),
+        )
     return folder
 
 
@@ -75,7 +80,11 @@ def test_report_has_figures_results_published_table_and_model_facts(tmp_path, ev
 
     run = tmp_path / "run"
     run.mkdir()
-    rows = ["epoch,key,value"] + [f"{e},train_loss,{1.0 / e:.4f}" for e in range(1, 6)] + [f"{e},val_dice_prostate,{0.1 * e:.2f}" for e in (2, 4)]
+    rows = (
+        ["epoch,key,value"]
+        + [f"{e},train_loss,{1.0 / e:.4f}" for e in range(1, 6)]
+        + [f"{e},val_dice_prostate,{0.1 * e:.2f}" for e in (2, 4)]
+    )
     (run / "log.csv").write_text("\n".join(rows) + "\n")
     evals = [load_eval(eval_dir)]
     report = write_report(evals, tiny_package, tmp_path / "report", run_dir=run, device="cpu")
@@ -97,7 +106,11 @@ def test_report_has_figures_results_published_table_and_model_facts(tmp_path, ev
     assert bench["evaluations"]["eval-synthetic"]["structures"]["prostate"]["dice"]["n"] == 3
     # every markdown table row has as many cells as its header
     table = [line for line in text.splitlines() if line.startswith("| evaluation | structure")]
-    assert table and all(line.count("|") == table[0].count("|") for line in text.splitlines() if line.startswith("| eval-synthetic | prostate | 3"))
+    assert table and all(
+        line.count("|") == table[0].count("|")
+        for line in text.splitlines()
+        if line.startswith("| eval-synthetic | prostate | 3")
+    )
 
 
 def test_cli_writes_report_and_reports_bad_input_in_one_line(tmp_path, eval_dir, tiny_package, capsys):

@@ -194,7 +194,14 @@ def test_evaluate_writes_per_case_and_summary(tmp_path, tiny_package):
 def test_cli_single_case_and_one_line_errors(tmp_path, tiny_package, capsys):
     folder = _pair_folder(tmp_path / "pairs", n=1)
     out = tmp_path / "out"
-    args = ["--model", str(tiny_package.path), "--image", str(folder / "case0_image.nii.gz"), "--label", str(folder / "case0_label.nii.gz")]
+    args = [
+        "--model",
+        str(tiny_package.path),
+        "--image",
+        str(folder / "case0_image.nii.gz"),
+        "--label",
+        str(folder / "case0_label.nii.gz"),
+    ]
     assert main([*args, "--label-map", "1=prostate", "-o", str(out), "--device", "cpu", "--case-id", "x1"]) == 0
     assert "prostate: Dice" in capsys.readouterr().out
     assert read_per_case(out / "per_case.csv")[0]["case_id"] == "x1"

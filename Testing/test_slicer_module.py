@@ -494,16 +494,14 @@ def test_dependencies_are_installed_with_confirmation_and_pinned(slicer_env, mon
     assert not Path(args[1]).exists()
 
 
-def test_torch_comes_from_the_pytorch_extension(slicer_env, monkeypatch):
+def test_torch_comes_from_the_pytorch_extension_else_from_pip(slicer_env, monkeypatch):
     import types
 
     from UNetSegmentLogicLib import dependencies
 
+    slicer = slicer_env.slicer
     logic = _logic(slicer_env)
     monkeypatch.setattr(dependencies, "TORCH_REQUIREMENT", ">=99")
-    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)
-    with pytest.raises(dependencies.DependencyError, match="PyTorch extension"):
-        logic.ensureDependencies()
     calls = []
 
     class PyTorchUtilsLogic:
@@ -514,4 +512,10 @@ def test_torch_comes_from_the_pytorch_extension(slicer_env, monkeypatch):
     monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
     with pytest.raises(dependencies.DependencyError, match="PyTorch >=99 is needed"):
         logic.ensureDependencies()
-    assert calls == [(True, ">=99")]
+    assert calls == [(True, ">=99")] and slicer.util.pipCalls == []
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # no PyTorch extension: pip, after confirmation
+    with pytest.raises(dependencies.DependencyError, match="torch>=99"):
+        logic.ensureDependencies()
+    (args,) = slicer.util.pipCalls
+    assert args[2:] == ["torch>=99"] and "torch>=99" in slicer.util.messages[-1][1]

@@ -11,7 +11,7 @@ import pytest
 from slicer_standin.fakeprocess import FakeProcess
 from slicer_standin.helpers import REPO, makeInputVolume, pumpEvents
 
-pytest_plugins = ("slicer_standin.fixtures",)  # slicer_env, installed_tiny_model
+pytest_plugins = ("slicer_standin.fixtures",)  # slicer_env
 
 MODULE_FILE = REPO / "UNetSegment" / "UNetSegment.py"
 UI_FILE = REPO / "UNetSegment" / "Resources" / "UI" / "UNetSegment.ui"
@@ -106,24 +106,62 @@ def test_panel_binds_to_the_parameter_node_both_ways(slicer_env):
     assert not w.ui.segmentButton.enabled
 
 
+@pytest.fixture
+def served_tiny_model(slicer_env, tiny_package, monkeypatch):
+    """The tiny model as a zip on an HTTP server on 127.0.0.1, listed in a catalogue the module reads."""
+    import functools
+    import http.server
+    import json
+    import threading
+
+    from UNetSegmentLib.model_package import sha256_file
+
+    folder = slicer_env.tmp / "served"
+    folder.mkdir()
+    zip_path = tiny_package.to_zip(folder / "tiny.zip")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    entry = {
+        "id": "tiny-test-model",
+        "version": "0.0.1",
+        "name": "Tiny test model",
+        "structures": ["prostate"],
+        "url": f"http://127.0.0.1:{server.server_port}/tiny.zip",
+        "sha256": sha256_file(zip_path),
+        "size": zip_path.stat().st_size,
+        "license": {"weights": "CC0-1.0 (random)"},
+    }
+    catalogue = folder / "catalogue.json"
+    catalogue.write_text(json.dumps({"format_version": 1, "models": [entry]}))
+    monkeypatch.setenv("UNETSEGMENT_CATALOGUE", str(catalogue))
+    yield "tiny-test-model@0.0.1"
+    server.shutdown()
+    server.server_close()
+
+
 @pytest.mark.slow
-def test_segment_button_runs_turns_into_cancel_and_fills_the_results(slicer_env, installed_tiny_model):
+def test_segment_button_downloads_runs_turns_into_cancel_and_fills_the_results(slicer_env, served_tiny_model):
     slicer = slicer_env.slicer
     makeInputVolume(slicer)
     w = _widget(slicer_env)
-    w.refreshModels()
-    w.ui.modelComboBox.currentIndex = w.ui.modelComboBox.findData(installed_tiny_model)
-    assert w._parameterNode.modelSpec == installed_tiny_model
+    index = w.ui.modelComboBox.findData(served_tiny_model)
+    assert w.ui.modelComboBox.itemText(index) == "Tiny test model (0.0.1) - download"
+    w.ui.modelComboBox.currentIndex = index
+    assert w._parameterNode.modelSpec == served_tiny_model
     w.ui.deviceComboBox.currentIndex = 1  # CPU
 
     w.ui.segmentButton.click()
     assert w.logic.isRunning()
     assert w.ui.segmentButton.text == "Cancel" and w.ui.segmentButton.enabled
     assert w.ui.progressBar.visible and not w.ui.inputsCollapsibleButton.enabled
-    pumpEvents(slicer, lambda: not w.logic.isRunning())
+    formats = set()
+    pumpEvents(slicer, lambda: formats.add(w.ui.progressBar.format) or not w.logic.isRunning())
 
     run = w.logic.lastRun
     assert run.status == "succeeded", run.message
+    assert {"Downloading model: %p%", "Segmenting: %p%", "Importing: %p%"} <= formats
     assert w.ui.segmentButton.text == "Segment Prostate" and not w.ui.progressBar.visible
     assert w.ui.inputsCollapsibleButton.enabled
     assert w.ui.statusLabel.text.startswith("Done in")
@@ -132,6 +170,9 @@ def test_segment_button_runs_turns_into_cancel_and_fills_the_results(slicer_env,
     assert w.ui.resultsTable.item(0, 0).text() == "Prostate"
     assert w.ui.resultsTable.item(0, 1).text() == f"{run.result['volumes_ml']['prostate']:.1f}"
     assert "Result: prostate" in w.ui.logTextEdit.plainText
+    # the downloaded model is now installed in the cache and offered as such
+    assert w.ui.modelComboBox.currentText == "Tiny test model (0.0.1)"
+    assert (slicer_env.tmp / "model-cache" / "models" / "tiny-test-model" / "0.0.1" / "model.json").is_file()
 
 
 def test_cancel_button_stops_the_run_and_leaves_the_scene(slicer_env):
@@ -176,12 +217,13 @@ def test_a_missing_dependency_is_reported_before_anything_runs(slicer_env, monke
     monkeypatch.setattr(dependencies, "TORCH_REQUIREMENT", ">=99")
     monkeypatch.setitem(sys.modules, "PyTorchUtils", None)
     slicer.app._testingEnabled = False  # dialogs are shown outside testing mode
+    slicer.util.answers.append(False)  # no PyTorch extension: the user declines installing torch with pip
     with pytest.raises(dependencies.DependencyError):
         w.ui.segmentButton.click()  # Slicer prints the re-raised exception to the console
-    ((kind, text, _),) = slicer.util.messages
-    assert kind == "error" and text.startswith(
-        "Segmentation could not start.\n\nUNetSegment needs the PyTorch extension"
-    )
+    (confirm, (kind, text, _)) = slicer.util.messages
+    assert confirm[0] == "confirmOkCancel" and "torch>=99" in confirm[1]
+    assert kind == "error"
+    assert text == "Segmentation could not start.\n\nThe Python packages UNetSegment needs were not installed."
     assert not w.logic.isRunning() and not w.ui.progressBar.visible
     assert slicer.app.overrideCursorDepth == 0
 
@@ -213,9 +255,7 @@ def test_advanced_actions(slicer_env, tiny_package):
     w.ui.showVersionsButton.click()
     pumpEvents(slicer, lambda: w.logic.lastRun is None and not w._infoRun.timer.isActive())
     log = w.ui.logTextEdit.plainText
-    assert (
-        "UNetSegment 0.1.0" in log and "torch 2." in log and "model prostate-wholegland-t2@" in log
-    )
+    assert "UNetSegment 0.1.0" in log and "torch 2." in log and "model prostate-wholegland-t2@" in log
     assert "a line that is not part of the protocol" in log
     assert not w.ui.logCollapsibleButton.collapsed
     assert np.all([m[0] != "error" for m in slicer.util.messages])

@@ -43,7 +43,9 @@ def test_unknown_and_misspelt_keys_are_errors(tmp_path):
 def test_overrides_are_typed_and_reach_list_items(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("data:\n  sources:\n    - format: pairs\n      path: /a\n")
-    cfg = load_config(f, ["train.epochs=3", "data.sources.0.path=/b", "augment.enabled=false", "model.spacing_xyz_mm=[1, 1, 2]"])
+    cfg = load_config(
+        f, ["train.epochs=3", "data.sources.0.path=/b", "augment.enabled=false", "model.spacing_xyz_mm=[1, 1, 2]"]
+    )
     assert cfg.train.epochs == 3 and cfg.data.sources[0].path == "/b" and cfg.augment.enabled is False
     assert cfg.model.spacing_xyz_mm == [1.0, 1.0, 2.0]
     with pytest.raises(ConfigError):
@@ -104,7 +106,9 @@ def test_gland_only_cases_do_not_care_how_the_gland_splits_into_zones():
     loss = PartialLabelDiceCE()
     zones = torch.from_numpy(_zonal_label()).long()[None, None]
     gland = (zones > 0).long()
-    logits = _onehot_logits(zones, 3, margin=3.0) + 0.1 * torch.randn(1, 3, *zones.shape[2:], generator=torch.Generator().manual_seed(0))
+    logits = _onehot_logits(zones, 3, margin=3.0) + 0.1 * torch.randn(
+        1, 3, *zones.shape[2:], generator=torch.Generator().manual_seed(0)
+    )
     swapped = logits[:, [0, 2, 1]]  # PZ and TZ exchanged: same gland
     only = torch.tensor([True])
     assert float(loss(logits, gland, only)) == pytest.approx(float(loss(swapped, gland, only)), rel=1e-5)
@@ -147,7 +151,9 @@ def _tiny_config(tmp: Path, epochs: int = 1, out: str = "run") -> Path:
         for i in range(3):
             img = synthetic_image(size_xyz=(48, 48, 12), spacing=(1.5, 1.5, 3.0), seed=i)
             sitk.WriteImage(img, str(data / f"c{i}_image.nii.gz"))
-            sitk.WriteImage(sitk.Cast(sitk.BinaryThreshold(img, 400, 10000, 1, 0), sitk.sitkUInt8), str(data / f"c{i}_label.nii.gz"))
+            sitk.WriteImage(
+                sitk.Cast(sitk.BinaryThreshold(img, 400, 10000, 1, 0), sitk.sitkUInt8), str(data / f"c{i}_label.nii.gz")
+            )
     cfg = {
         "name": "tiny",
         "output_dir": str(tmp / out),
@@ -165,7 +171,14 @@ def _tiny_config(tmp: Path, epochs: int = 1, out: str = "run") -> Path:
             "patch_size_zyx": [8, 16, 16],
         },
         "augment": {"rotate_deg": 10, "scale": 0.1},
-        "train": {"epochs": epochs, "iterations_per_epoch": 2, "batch_size": 2, "validate_every": 1, "precision": "float32", "device": "cpu"},
+        "train": {
+            "epochs": epochs,
+            "iterations_per_epoch": 2,
+            "batch_size": 2,
+            "validate_every": 1,
+            "precision": "float32",
+            "device": "cpu",
+        },
     }
     f = tmp / f"{out}.yaml"
     f.write_text(yaml.safe_dump(cfg))
@@ -204,7 +217,11 @@ def test_resume_restores_weights_optimizer_counters_and_rng(tiny_run, tmp_path):
     saved = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)
     cfg = load_config(run_dir / "config.yaml", ["train.epochs=2", f"output_dir={run_dir}"])
     r = build(cfg, resume=True)
-    assert (r.epoch, r.best_dice, r.best_epoch) == (saved["epoch"], saved["best_dice"], saved["best_epoch"]) == (1, saved["best_dice"], 1)
+    assert (
+        (r.epoch, r.best_dice, r.best_epoch)
+        == (saved["epoch"], saved["best_dice"], saved["best_epoch"])
+        == (1, saved["best_dice"], 1)
+    )
     for k, v in r.model.state_dict().items():
         assert torch.equal(v.cpu(), saved["model"][k]), k
     opt = r.optimizer.state_dict()
@@ -247,9 +264,9 @@ def test_same_seed_gives_the_same_weights_with_augmentation(tmp_path):
 
 
 def test_export_round_trip(tiny_run, tmp_path):
+    from training.export import catalogue_entry, export_run
     from UNetSegmentLib.inference import Predictor
     from UNetSegmentLib.model_package import ModelPackage
-    from training.export import catalogue_entry, export_run
 
     metrics = {"dice_prostate": 0.5}
     pkg = export_run(tiny_run, tmp_path / "pkg", metrics)

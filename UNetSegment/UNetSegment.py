@@ -35,8 +35,8 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 from UNetSegmentLogicLib import dependencies, results
 from UNetSegmentLogicLib import run as runlib
-from UNetSegmentLogicLib.models import ModelChoice, listModelChoices
-from UNetSegmentLogicLib.process import BackgroundProcess
+from UNetSegmentLogicLib.models import ModelChoice, listModelChoices, modelLabels
+from UNetSegmentLogicLib.process import BackgroundProcess, processEnvironment, pythonSlicerCommand
 
 TERMINOLOGY_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "prostate.term.json")
 DEFAULT_MODEL_ID = "prostate-wholegland-t2"  # UNetSegmentLib.store.DEFAULT_MODEL_ID, without importing it at startup
@@ -151,8 +151,8 @@ class UNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.showVersionsButton.connect("clicked(bool)", self.onShowVersions)
 
         self.ui.progressBar.visible = False
-        self.refreshModels()
         self.initializeParameterNode()
+        self.refreshModels()
 
     def cleanup(self) -> None:
         if self.logic is not None:
@@ -231,8 +231,11 @@ class UNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelInfoLabel.text = problem
         p = self._parameterNode
         if p and self._modelChoices and p.modelSpec not in [c.spec for c in self._modelChoices]:
-            p.modelSpec = self._modelChoices[0].spec  # the selected model is gone (cache cleared)
-        self._selectModel(p.modelSpec if p else "")
+            p.modelSpec = self._modelChoices[0].spec  # none chosen yet, or the chosen one is gone (cache cleared)
+        if p:
+            self.updateGUI()
+        else:
+            self._selectModel("")
 
     def _selectModel(self, spec: str) -> None:
         index = next((i for i, c in enumerate(self._modelChoices) if c.spec == spec), 0 if self._modelChoices else -1)
@@ -429,25 +432,12 @@ class UNetSegmentLogic(ScriptedLoadableModuleLogic):
 
     # -- background process ----------------------------------------------------------------
     def _python(self) -> List[str]:
-        if self.pythonCommand:
-            return list(self.pythonCommand)
-        found = shutil.which("PythonSlicer") or os.path.join(
-            os.path.dirname(sys.executable), "PythonSlicer" + (".exe" if os.name == "nt" else "")
-        )
-        if not os.path.isfile(found):
-            raise RuntimeError(_("PythonSlicer was not found; this Slicer installation is incomplete."))
-        return [found]
+        return list(self.pythonCommand) if self.pythonCommand else pythonSlicerCommand()
 
     def _environment(self) -> Dict[str, str]:
-        """The process environment, with UNetSegmentLib's folder first on PYTHONPATH."""
         import UNetSegmentLib
 
-        libParent = os.path.dirname(os.path.dirname(os.path.abspath(UNetSegmentLib.__file__)))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (libParent, env.get("PYTHONPATH", "")) if p)
-        env["PYTHONUNBUFFERED"] = "1"
-        env["PYTHONIOENCODING"] = "utf-8"
-        return env
+        return processEnvironment(os.path.dirname(os.path.dirname(os.path.abspath(UNetSegmentLib.__file__))))
 
     def isRunning(self) -> bool:
         return self._active is not None
@@ -555,7 +545,13 @@ class UNetSegmentLogic(ScriptedLoadableModuleLogic):
 
     def _onTimer(self) -> None:
         run = self._active["run"] if self._active else None
-        if run is None or not run.poll():
+        try:
+            running = run is not None and run.poll()
+        except Exception as e:  # noqa: BLE001 - a failing callback must not leave the run hanging
+            logging.exception("UNetSegment: following the background process failed")
+            run.cancel()
+            run.status, run.message, running = runlib.FAILED, str(e), False
+        if not running:
             self._finish()
 
     def _finish(self) -> None:
@@ -602,17 +598,8 @@ class UNetSegmentLogic(ScriptedLoadableModuleLogic):
         run.report("importing", 1.0, _("done"))
 
     def modelLabels(self, spec: str, model: Dict[str, Any]) -> List[Dict[str, Any]]:
-        """The labels (value, name, display name, colour, terminology) of the model that produced a result."""
-        from UNetSegmentLib.model_package import ModelPackage
-
-        if os.path.isdir(spec):
-            info = ModelPackage.load(spec, verify=False).info
-        else:
-            package = self.store().find(model.get("id", ""), model.get("version"))
-            if package is None:
-                raise RuntimeError(_("model {spec} is not installed").format(spec=spec))
-            info = package.info
-        return [label.to_dict() for label in info.labels]
+        """The labels of the model that produced a result (see ``UNetSegmentLogicLib.models.modelLabels``)."""
+        return modelLabels(self.store(), spec, model)
 
 
 #

@@ -196,7 +196,9 @@ def make_figures(evals: Sequence[EvalSet], package, run_dir: Optional[Path], out
         name = f"{label}_{_safe(row['case_id'])}.png"
         figs[label] = case_overlay(e, row, predictor_factory, title, fig_dir / name)
     if run_dir is not None and (run_dir / "log.csv").is_file():
-        figs["learning_curve"] = figures.learning_curve(figures.read_log(run_dir / "log.csv"), fig_dir / "learning_curve.png")
+        figs["learning_curve"] = figures.learning_curve(
+            figures.read_log(run_dir / "log.csv"), fig_dir / "learning_curve.png"
+        )
     elif run_dir is not None:
         log.warning("%s has no log.csv; no learning curve", run_dir)
     return figs
@@ -260,7 +262,9 @@ def _model_section(facts: Dict[str, Any]) -> List[str]:
         )
     if data:
         counts = ", ".join(f"{len(v)} {k.replace('_cases', '')}" for k, v in data.items() if k.endswith("_cases"))
-        lines.append(f"- training data: {', '.join(data.get('sources', [])) or '?'} ({counts or 'case lists not recorded'})")
+        lines.append(
+            f"- training data: {', '.join(data.get('sources', [])) or '?'} ({counts or 'case lists not recorded'})"
+        )
     if lic:
         lines.append(f"- licence: code {lic.get('code', '?')}; weights: {lic.get('weights', '?')}")
         for t in lic.get("training_data", []):
@@ -307,7 +311,12 @@ def _published_section(evals: Sequence[EvalSet]) -> Tuple[List[str], List[Dict[s
 
 
 def _cases_section(evals: Sequence[EvalSet], k: int = 5) -> List[str]:
-    lines = ["## Cases", "", "| evaluation | case | group | structure | Dice | HD95 mm | ASSD mm | volume ref mL | volume diff % |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Cases",
+        "",
+        "| evaluation | case | group | structure | Dice | HD95 mm | ASSD mm | volume ref mL | volume diff % |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     rows = sorted(((e, r) for e in evals for r in e.rows), key=lambda er: (er[0].name, er[1]["dice"]))
     shown = rows if len(rows) <= 2 * k else rows[:k] + rows[-k:]
     for e, r in shown:
@@ -316,12 +325,20 @@ def _cases_section(evals: Sequence[EvalSet], k: int = 5) -> List[str]:
             f"{_fmt(r['asd_mm'], 2)} | {_fmt(r['volume_ref_ml'], 1)} | {_fmt(r['volume_diff_pct'], 1)} |"
         )
     if len(rows) > 2 * k:
-        lines.insert(2, f"The {k} lowest and {k} highest Dice of {len(rows)} rows; all are in each evaluation's `per_case.csv`.\n")
+        lines.insert(
+            2,
+            f"The {k} lowest and {k} highest Dice of {len(rows)} rows; all are in each evaluation's `per_case.csv`.\n",
+        )
     return lines
 
 
 def write_report(
-    evals: Sequence[EvalSet], package, out: Path, run_dir: Optional[Path] = None, device: str = "auto", title: Optional[str] = None
+    evals: Sequence[EvalSet],
+    package,
+    out: Path,
+    run_dir: Optional[Path] = None,
+    device: str = "auto",
+    title: Optional[str] = None,
 ) -> Path:
     """Write ``out/report.md``, ``out/figures/*.png`` and ``out/benchmark.json``; returns the report's path."""
     out = Path(out)
@@ -336,7 +353,8 @@ def write_report(
         + ", ".join(f"`{e.path}`" for e in evals)
         + ". Metrics are computed on each case's original grid, distances in mm on its true spacing "
         "(MONAI DiceMetric, HausdorffDistanceMetric at the 95th percentile, symmetric SurfaceDistanceMetric). "
-        "Where a prediction or reference is empty, Dice is 0 and the distances are undefined (counted, not averaged).",
+        "Where exactly one of prediction and reference is empty, Dice is 0 and the distances are undefined "
+        "(counted, not averaged); where both are, Dice is 1 and the distances 0.",
         "",
         "## Results",
         "",
@@ -369,7 +387,10 @@ def _summary(e: EvalSet) -> Dict[str, Any]:
     return {
         "description": e.description,
         "structures": {
-            s: {m: describe([r[m] for r in e.rows if r["structure"] == s]) for m in ("dice", "hd95_mm", "asd_mm", "volume_diff_ml")}
+            s: {
+                m: describe([r[m] for r in e.rows if r["structure"] == s])
+                for m in ("dice", "hd95_mm", "asd_mm", "volume_diff_ml")
+            }
             for s in e.structures
         },
     }
@@ -385,7 +406,14 @@ def _json_default(o: Any) -> Any:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Write the Markdown benchmark report of a model from evaluate.py outputs.")
-    p.add_argument("--eval", action="append", required=True, type=Path, metavar="EVAL_DIR", help="evaluate.py output folder (repeatable)")
+    p.add_argument(
+        "--eval",
+        action="append",
+        required=True,
+        type=Path,
+        metavar="EVAL_DIR",
+        help="evaluate.py output folder (repeatable)",
+    )
     p.add_argument("--model", required=True, help="the evaluated model package folder")
     p.add_argument("--run", type=Path, help="training run folder (for the learning curve from log.csv)")
     p.add_argument("-o", "--output", required=True, type=Path, help="report folder")

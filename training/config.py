@@ -37,6 +37,8 @@ class DatasetSource:
     #: synthetic: number of cases and seed
     num_cases: int = 0
     seed: int = 0
+    #: false: every case of this source trains (none is held out for validation)
+    use_for_validation: bool = True
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,11 @@ def compare_masks(pred_zyx: np.ndarray, ref_zyx: np.ndarray, spacing_zyx_mm: Seq
         dice = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(p, r)
         hd95 = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")(p, r, spacing=spacing)
         asd = SurfaceDistanceMetric(include_background=True, symmetric=True, reduction="none")(p, r, spacing=spacing)
-    out.update(dice=float(dice.flatten()[0]), hd95_mm=_finite(float(hd95.flatten()[0])), asd_mm=_finite(float(asd.flatten()[0])))
+    out.update(
+        dice=float(dice.flatten()[0]),
+        hd95_mm=_finite(float(hd95.flatten()[0])),
+        asd_mm=_finite(float(asd.flatten()[0])),
+    )
     return out
 
 
@@ -201,7 +205,11 @@ def parse_label_map(items: Optional[Sequence[str]]) -> Dict[int, str]:
 
 
 def cases_from_data(
-    data: Union[str, Path], split: Optional[str] = None, label_map: Optional[Dict[int, str]] = None, image_suffix: str = "_image", label_suffix: str = "_label"
+    data: Union[str, Path],
+    split: Optional[str] = None,
+    label_map: Optional[Dict[int, str]] = None,
+    image_suffix: str = "_image",
+    label_suffix: str = "_label",
 ) -> List[Case]:
     """Labelled cases of a training config (YAML), a run folder (with ``config.yaml``) or a folder of pairs.
 
@@ -231,11 +239,18 @@ def cases_from_data(
     chosen = [c for c in cases if split == "all" or c.split == split]
     unlabelled = [c.case_id for c in chosen if not c.label]
     if unlabelled:
-        log.warning("%d %s case(s) have no reference label and are skipped: %s", len(unlabelled), split, ", ".join(unlabelled[:5]))
+        log.warning(
+            "%d %s case(s) have no reference label and are skipped: %s",
+            len(unlabelled),
+            split,
+            ", ".join(unlabelled[:5]),
+        )
     return [c for c in chosen if c.label]
 
 
-def single_case(image: str, label: str, label_map: Dict[int, str], case_id: Optional[str] = None, source: str = "external") -> Case:
+def single_case(
+    image: str, label: str, label_map: Dict[int, str], case_id: Optional[str] = None, source: str = "external"
+) -> Case:
     """A :class:`Case` for one image and its reference; the id defaults to ``<folder>_<file stem>``."""
     if not label_map:
         raise ValueError("an external case needs --label-map, e.g. 1=prostate")
@@ -249,11 +264,17 @@ def single_case(image: str, label: str, label_map: Dict[int, str], case_id: Opti
 def _reference_on_image_grid(label: sitk.Image, image: sitk.Image, case_id: str) -> sitk.Image:
     """The reference label on the image's grid (nearest neighbour when the grids differ)."""
     same = label.GetSize() == image.GetSize() and np.allclose(label.GetSpacing(), image.GetSpacing(), rtol=1e-4)
-    same = same and np.allclose(label.GetOrigin(), image.GetOrigin(), atol=1e-2) and np.allclose(label.GetDirection(), image.GetDirection(), atol=1e-4)
+    same = (
+        same
+        and np.allclose(label.GetOrigin(), image.GetOrigin(), atol=1e-2)
+        and np.allclose(label.GetDirection(), image.GetDirection(), atol=1e-4)
+    )
     if same:
         return label
     log.warning("%s: reference label is not on the image grid; resampling it (nearest neighbour)", case_id)
-    return sitk.Resample(sitk.Cast(label, sitk.sitkUInt8), image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.Resample(
+        sitk.Cast(label, sitk.sitkUInt8), image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
+    )
 
 
 # --- evaluation ------------------------------------------------------------
@@ -401,16 +422,24 @@ def summarize(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Evaluate a UNetSegment model package against reference labels (Dice, HD95, ASSD in mm, volumes).")
+    p = argparse.ArgumentParser(
+        description="Evaluate a UNetSegment model package against reference labels (Dice, HD95, ASSD in mm, volumes)."
+    )
     p.add_argument("--model", required=True, help="model package folder (model.json + weights)")
     src = p.add_argument_group("cases (either --data or --image with --label)")
-    src.add_argument("--data", help="training config (YAML), run folder with config.yaml, or folder of image/label pairs")
-    src.add_argument("--split", choices=SPLITS, help="which cases of --data (default: validation for a config, all for a folder)")
+    src.add_argument(
+        "--data", help="training config (YAML), run folder with config.yaml, or folder of image/label pairs"
+    )
+    src.add_argument(
+        "--split", choices=SPLITS, help="which cases of --data (default: validation for a config, all for a folder)"
+    )
     src.add_argument("--image", help="one image (file or DICOM folder) to evaluate")
     src.add_argument("--label", help="its reference labelmap")
     src.add_argument("--case-id", help="id of the --image case (default <folder>_<file stem>)")
     src.add_argument("--source", default="external", help="dataset name recorded for --image (default external)")
-    src.add_argument("--label-map", nargs="+", metavar="VALUE=STRUCTURE", help="reference label values, e.g. 1=prostate or 1=pz 2=tz")
+    src.add_argument(
+        "--label-map", nargs="+", metavar="VALUE=STRUCTURE", help="reference label values, e.g. 1=prostate or 1=pz 2=tz"
+    )
     src.add_argument("--image-suffix", default="_image", help="for a folder of pairs (default _image)")
     src.add_argument("--label-suffix", default="_label", help="for a folder of pairs (default _label)")
     p.add_argument("-o", "--output", required=True, help="output folder for per_case.csv and summary.json")
@@ -423,9 +452,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    from training.config import ConfigError
     from UNetSegmentLib.io import ImageReadError
     from UNetSegmentLib.model_package import ModelPackageError
-    from training.config import ConfigError
 
     try:
         label_map = parse_label_map(args.label_map)

@@ -23,7 +23,9 @@ def _pyplot():
     return plt
 
 
-def box_plot(groups: Dict[str, Sequence[float]], ylabel: str, title: str, path: Path, ylim: Optional[Tuple[float, float]] = None) -> Path:
+def box_plot(
+    groups: Dict[str, Sequence[float]], ylabel: str, title: str, path: Path, ylim: Optional[Tuple[float, float]] = None
+) -> Path:
     """One box (with the individual cases as dots) per group; NaN values are left out and counted in the label."""
     plt = _pyplot()
     names = list(groups)
@@ -132,7 +134,15 @@ def overlay(
         for v in np.unique(mask[mask > 0]):
             # padded by one pixel so a mask touching the border still gets a closed outline
             padded = np.pad((mask == v).astype(float), 1)
-            ax.contour(np.arange(-1, w + 1), np.arange(-1, h + 1), padded, levels=[0.5], colors=color, linewidths=1.2, linestyles=style)
+            ax.contour(
+                np.arange(-1, w + 1),
+                np.arange(-1, h + 1),
+                padded,
+                levels=[0.5],
+                colors=color,
+                linewidths=1.2,
+                linestyles=style,
+            )
     ax.set_title(f"{title}\nslice {k}: reference green, prediction magenta (dashed)", fontsize=8)
     ax.set_axis_off()
     fig.tight_layout()

@@ -65,7 +65,9 @@ ADAMS_2022 = (
     "Adams L.C. et al. Prostate158. Computers in Biology and Medicine 148:105817, 2022"
 )
 TAPS = "lavlab-taps 1.1.2 (PyPI, CPU) run on ProstateX-0000, as recorded in ../shared/data/README.md ('Known values')"
-SEED = "the seed project UNetSegment grew from (its reported result, as given in the project brief; not re-measured here)"
+SEED = (
+    "the seed project UNetSegment grew from (its reported result, as given in the project brief; not re-measured here)"
+)
 
 PUBLISHED: Tuple[PublishedResult, ...] = (
     PublishedResult(

@@ -73,7 +73,7 @@ def matrixArray(m: Any) -> np.ndarray:
     return np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
-def pumpEvents(slicer: Any, until, timeout: float = 120.0) -> None:
+def pumpEvents(slicer: Any, until, timeout: float = 600.0) -> None:
     """Run the stand-in's event loop (timers) until ``until()`` is true."""
     import time
 

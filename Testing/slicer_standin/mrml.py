@@ -399,6 +399,9 @@ class vtkMRMLScriptedModuleNode(vtkMRMLNode):
     def GetParameterNames(self) -> List[str]:
         return list(self._parameters)
 
+    def HasParameter(self, name: str) -> bool:
+        return name in self._parameters
+
 
 class vtkMRMLMessageCollection:
     """Collects warnings/errors of IO calls."""

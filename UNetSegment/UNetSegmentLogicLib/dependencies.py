@@ -1,8 +1,9 @@
 """Python packages the background process needs, checked without importing them and installed on first use.
 
 - torch comes from the PyTorch extension (``PyTorchUtils``), which picks the
-  build matching the GPU driver. (``PyTorchUtils`` imports torch once, right
-  after installing it; this module never imports torch.)
+  build matching the GPU driver (``PyTorchUtils`` imports torch once, right
+  after installing it; this module never imports torch). Without the
+  extension, pip installs torch with the other packages.
 - monai and safetensors are installed with pip, with a constraints file that
   pins the torch, numpy, scipy and SimpleITK already present, so installing
   can never replace Slicer's own packages (pip fails instead, with a message).
@@ -18,7 +19,7 @@ import logging
 import os
 import subprocess
 import tempfile
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 #: What UNetSegmentLib needs besides Slicer's numpy, scipy and SimpleITK (pip requirement strings).
 PIP_REQUIREMENTS = ["monai>=1.3,<2", "safetensors>=0.4,<1"]
@@ -76,16 +77,19 @@ def versions() -> Dict[str, str]:
     return {name: installedVersion(name) or "not installed" for name in names}
 
 
-def ensureTorch(slicer) -> None:
-    """Install PyTorch through the PyTorch extension if missing (asks the user first)."""
+def ensureTorch(slicer) -> bool:
+    """Install PyTorch through the PyTorch extension if missing (it asks the user first).
+
+    Returns False when torch is missing and the extension is not there: then
+    pip installs torch with the other packages (after the same confirmation).
+    """
     if not torchMissing():
-        return
+        return True
     try:
         import PyTorchUtils
     except ModuleNotFoundError:
-        raise DependencyError(
-            "UNetSegment needs the PyTorch extension. Install it from the Extensions Manager and restart Slicer."
-        ) from None
+        logging.warning("The PyTorch extension is not installed; PyTorch will be installed with pip")
+        return False
     logging.info("Installing PyTorch%s through the PyTorch extension", TORCH_REQUIREMENT)
     torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
         askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT
@@ -94,11 +98,12 @@ def ensureTorch(slicer) -> None:
         raise DependencyError(
             f"PyTorch {TORCH_REQUIREMENT} is needed. Install it with the PyTorch Utils module, then try again."
         )
+    return True
 
 
-def ensurePipPackages(slicer, reinstall: bool = False) -> None:
-    """Install missing pip packages (all of them with ``reinstall``) after the user agrees."""
-    requirements = list(PIP_REQUIREMENTS) if reinstall else missingRequirements()
+def ensurePipPackages(slicer, reinstall: bool = False, extra: Sequence[str] = ()) -> None:
+    """Install missing pip packages (all of them with ``reinstall``), plus ``extra``, after the user agrees."""
+    requirements = (list(PIP_REQUIREMENTS) if reinstall else missingRequirements()) + list(extra)
     if not requirements:
         return
     constraints = writeConstraints(slicer.app.temporaryPath)
@@ -124,7 +129,7 @@ def ensurePipPackages(slicer, reinstall: bool = False) -> None:
     finally:
         os.remove(constraints)
     importlib.invalidate_caches()
-    still = missingRequirements()
+    still = [r for r in missingRequirements() + list(extra) if not isSatisfied(r)]
     if still:
         raise DependencyError(f"Installing {', '.join(still)} failed; see the Python console for pip's messages.")
 
@@ -140,5 +145,5 @@ def _slicerPackaging():
 
 def ensureDependencies(slicer, reinstall: bool = False) -> None:
     """Everything the background process needs: torch first, then the pip packages."""
-    ensureTorch(slicer)
-    ensurePipPackages(slicer, reinstall=reinstall)
+    torchPresent = ensureTorch(slicer)
+    ensurePipPackages(slicer, reinstall=reinstall, extra=[] if torchPresent else ["torch" + TORCH_REQUIREMENT])

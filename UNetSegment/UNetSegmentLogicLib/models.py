@@ -6,6 +6,7 @@ Reads ``model.json`` files and the catalogue through ``UNetSegmentLib.store``
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -109,3 +110,21 @@ def listModelChoices(store: Any, defaultId: Optional[str] = None) -> List[ModelC
             )
         )
     return sorted(choices, key=lambda c: (not c.installed, c.id != defaultId))
+
+
+def modelLabels(store: Any, spec: str, model: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Labels (value, name, display name, colour, terminology) of the model that produced a result.
+
+    ``spec`` is what the run was given (a package folder is read directly);
+    ``model`` is the result's ``{"id", "version"}``, looked up in the store.
+    """
+    from UNetSegmentLib.model_package import ModelPackage
+
+    if os.path.isdir(spec):
+        info = ModelPackage.load(spec, verify=False).info
+    else:
+        package = store.find(model.get("id", ""), model.get("version"))
+        if package is None:
+            raise RuntimeError(f"model {spec} is not installed")
+        info = package.info
+    return [label.to_dict() for label in info.labels]

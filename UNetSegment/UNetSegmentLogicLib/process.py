@@ -14,8 +14,10 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 from typing import Dict, List, Optional, Sequence
 
@@ -116,3 +118,22 @@ class BackgroundProcess:
             proc.kill()
         except OSError:
             pass
+
+
+def pythonSlicerCommand() -> List[str]:
+    """``[path of PythonSlicer]``: the launcher beside Slicer's executable, which is on Slicer's PATH."""
+    found = shutil.which("PythonSlicer") or os.path.join(
+        os.path.dirname(sys.executable), "PythonSlicer" + (".exe" if os.name == "nt" else "")
+    )
+    if not os.path.isfile(found):
+        raise RuntimeError("PythonSlicer was not found; this Slicer installation is incomplete.")
+    return [found]
+
+
+def processEnvironment(libraryParent: str) -> Dict[str, str]:
+    """This process's environment with ``libraryParent`` (the folder holding UNetSegmentLib) first on PYTHONPATH."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (libraryParent, env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"
+    return env

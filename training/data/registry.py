@@ -68,7 +68,11 @@ def read_all(sources: List[DatasetSource], per_group: int, seed: int) -> List[Ca
     """Read every source and assign validation; case ids must be unique across sources."""
     out: List[Case] = []
     for src in sources:
-        cases = assign_validation(read_source(src), list(src.validation), per_group, seed)
+        cases = read_source(src)
+        if src.use_for_validation:
+            cases = assign_validation(cases, list(src.validation), per_group, seed)
+        else:
+            cases = [replace(c, split="train") if c.split == "validation" else c for c in cases]
         out.extend(cases)
     ids = [c.case_id for c in out]
     dup = sorted({i for i in ids if ids.count(i) > 1})
