@@ -252,12 +252,6 @@ def test_same_seed_gives_the_same_weights(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="training/dataset.py PatchSampler.__iter__ tests `if self.augment` (MONAI Compose.__len__ -> flatten() "
-    "-> a new Compose that re-seeds the shared transforms from OS entropy), undoing set_random_state: augmented "
-    "patches are not reproducible for a seed. Fix: `if self.augment is not None`.",
-)
 def test_same_seed_gives_the_same_weights_with_augmentation(tmp_path):
     a, b = _weights_after_two_runs(tmp_path, [])
     assert all(torch.equal(a[k], b[k]) for k in a)

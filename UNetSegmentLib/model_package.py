@@ -236,8 +236,8 @@ class ModelPackage:
             state = load_file(str(self.weights_path), device="cpu")
             net.load_state_dict(state, strict=True)
         except Exception as e:  # safetensors and torch raise several types on corrupt or mismatched files
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelPackageError(f"cannot load weights {self.weights_path}: {first[:300]}") from e
+            reason = " ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+            raise ModelPackageError(f"cannot load weights {self.weights_path}: {reason[:300]}") from e
         net.eval()
         return net
 

@@ -166,9 +166,10 @@ class PatchSampler(torch.utils.data.IterableDataset):
         wid = info.id if info else 0
         rank = int(os.environ.get("RANK", 0))
         rng = np.random.default_rng([self.seed, rank, wid])
+        # `is not None`, never truthiness: len() of a MONAI Compose re-seeds its transforms
         if self.augment is not None:
             self.augment.set_random_state(seed=int(rng.integers(2**31)))
-        big = (self.patch[0], int(self.patch[1] * 1.25), int(self.patch[2] * 1.25)) if self.augment else self.patch
+        big = (self.patch[0], int(self.patch[1] * 1.25), int(self.patch[2] * 1.25)) if self.augment is not None else self.patch
         while True:
             i = int(rng.integers(len(self.volumes)))
             v = self.volumes[i]

@@ -112,6 +112,9 @@ def overlay(
 ) -> Path:
     """The mid-gland slice with the reference (green, solid) and prediction (magenta, dashed) outlines.
 
+    Each labelmap's outline (all its labels together) is drawn thick; where it
+    has several labels (zones), their borders are drawn thin.
+
     The view is cropped to the two masks plus ``margin_mm``; pixels keep their
     true aspect ratio (in-plane spacing).
     """
@@ -131,16 +134,19 @@ def overlay(
     ax.imshow(img, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, aspect=sy / sx, interpolation="nearest")
     h, w = img.shape
     for mask, color, style in ((ref, "lime", "solid"), (pred, "magenta", "dashed")):
-        for v in np.unique(mask[mask > 0]):
+        values = np.unique(mask[mask > 0])
+        # the outline of all labels (the gland), thick; borders between labels (zones), thin
+        parts = [(mask > 0, 1.4)] + ([(mask == v, 0.6) for v in values] if len(values) > 1 else [])
+        for m, width in parts:
             # padded by one pixel so a mask touching the border still gets a closed outline
-            padded = np.pad((mask == v).astype(float), 1)
+            padded = np.pad(m.astype(float), 1)
             ax.contour(
                 np.arange(-1, w + 1),
                 np.arange(-1, h + 1),
                 padded,
                 levels=[0.5],
                 colors=color,
-                linewidths=1.2,
+                linewidths=width,
                 linestyles=style,
             )
     ax.set_title(f"{title}\nslice {k}: reference green, prediction magenta (dashed)", fontsize=8)
