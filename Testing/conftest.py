@@ -28,7 +28,9 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def make_tiny_package(folder: Path, structures=("prostate",), seed: int = 0, spacing_xyz=(2.0, 2.0, 4.0), patch_zyx=(8, 32, 32)):
+def make_tiny_package(
+    folder: Path, structures=("prostate",), seed: int = 0, spacing_xyz=(2.0, 2.0, 4.0), patch_zyx=(8, 32, 32)
+):
     """A model package with random weights and a tiny network: fast, real format, meaningless output."""
     import torch
 
@@ -59,7 +61,9 @@ def tiny_package(tmp_path_factory):
     return make_tiny_package(tmp_path_factory.mktemp("tiny_model"))
 
 
-def synthetic_image(size_xyz=(64, 64, 16), spacing=(1.0, 1.0, 3.0), direction=None, origin=(0.0, 0.0, 0.0), seed=0) -> sitk.Image:
+def synthetic_image(
+    size_xyz=(64, 64, 16), spacing=(1.0, 1.0, 3.0), direction=None, origin=(0.0, 0.0, 0.0), seed=0
+) -> sitk.Image:
     """A noisy volume with a bright ellipsoid in the middle; ITK order (x, y, z) for size and spacing."""
     rng = np.random.default_rng(seed)
     x, y, z = size_xyz

@@ -243,7 +243,7 @@ def make_msd(root: Path, train_ids: Sequence[int] = (0, 2), test_ids: Sequence[i
         "training": training,
         "test": test,
     }
-    (root / "dataset.json").write_text(json.dumps(meta, indent=4))
+    (root / "dataset.json").write_text(json.dumps(meta, indent=4), encoding="utf-8")
     return root
 
 

@@ -85,10 +85,10 @@ def test_report_has_figures_results_published_table_and_model_facts(tmp_path, ev
         + [f"{e},train_loss,{1.0 / e:.4f}" for e in range(1, 6)]
         + [f"{e},val_dice_prostate,{0.1 * e:.2f}" for e in (2, 4)]
     )
-    (run / "log.csv").write_text("\n".join(rows) + "\n")
+    (run / "log.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     evals = [load_eval(eval_dir)]
     report = write_report(evals, tiny_package, tmp_path / "report", run_dir=run, device="cpu")
-    text = report.read_text()
+    text = report.read_text(encoding="utf-8")
     figs = sorted((tmp_path / "report" / "figures").glob("*.png"))
     names = {f.name.split("_")[0] for f in figs}
     assert {"dice", "hd95", "learning", "best", "worst"} <= names
@@ -101,7 +101,7 @@ def test_report_has_figures_results_published_table_and_model_facts(tmp_path, ev
     assert "different data" in text and "eval-synthetic" in text and "three synthetic pairs" in text
     assert f"{count_parameters(tiny_package.build_network()):,} parameters" in text
     assert "GFLOPs per patch" in text and "Apache-2.0" in text
-    bench = json.loads((tmp_path / "report" / "benchmark.json").read_text())
+    bench = json.loads((tmp_path / "report" / "benchmark.json").read_text(encoding="utf-8"))
     assert bench["model"]["flops_per_patch"] > 0
     assert bench["evaluations"]["eval-synthetic"]["structures"]["prostate"]["dice"]["n"] == 3
     # every markdown table row has as many cells as its header

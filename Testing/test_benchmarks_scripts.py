@@ -20,7 +20,7 @@ def _only_result(folder: Path, name: str) -> dict:
     files = sorted(folder.glob(f"{name}-*.json"))
     assert len(files) == 1, files
     assert files[0].with_suffix(".md").is_file()
-    return json.loads(files[0].read_text())
+    return json.loads(files[0].read_text(encoding="utf-8"))
 
 
 # --- common -----------------------------------------------------------------
@@ -97,8 +97,8 @@ def test_dice_and_mask_on_a_different_grid():
 
 def test_write_results_writes_json_and_markdown(tmp_path):
     j, m = common.write_results("demo", {"value": np.float32(1.5), "path": Path("/x")}, "# title", tmp_path, "tag")
-    assert j.name.startswith("demo-tag-") and json.loads(j.read_text()) == {"value": 1.5, "path": "/x"}
-    assert m.read_text() == "# title\n"
+    assert j.name.startswith("demo-tag-") and json.loads(j.read_text(encoding="utf-8")) == {"value": 1.5, "path": "/x"}
+    assert m.read_text(encoding="utf-8") == "# title\n"
 
 
 # --- bench_inference ----------------------------------------------------------
@@ -151,11 +151,12 @@ def test_measure_command_reports_peak_memory_of_the_process_tree(tmp_path):
             open(sys.argv[2], "w").write("done")
             sys.exit(int(sys.argv[3]))
             """
-        )
+        ),
+        encoding="utf-8",
     )
     out = tmp_path / "out.txt"
     r = bench_inference.measure_command([sys.executable, str(script), "parent", str(out), "0"], out, tmp_path / "log")
-    assert r.returncode == 0 and out.read_text() == "done"
+    assert r.returncode == 0 and out.read_text(encoding="utf-8") == "done"
     assert r.peak_rss_mib > 300 and r.cpu_s > 0
     assert 0 < r.to_output_s <= r.to_exit_s
     r = bench_inference.measure_command([sys.executable, str(script), "parent", str(out), "3"], out, tmp_path / "log")
@@ -179,7 +180,8 @@ def _fake_tool(tmp_path: Path, name: str, label: Path, erode: int) -> str:
                 lab = sitk.BinaryErode(lab, [{erode}, {erode}, 0])
             sitk.WriteImage(lab, sys.argv[2])
             """
-        )
+        ),
+        encoding="utf-8",
     )
     return f"{{python}} {script} {{input}} {{output}}"
 
@@ -217,7 +219,7 @@ def test_inference_main_side_by_side_with_stand_in_tools(tmp_path):
     assert res["ratios"]["memory_ratio_median"] == pytest.approx(
         s["ours"]["peak_rss_mib"]["median"] / s["taps"]["peak_rss_mib"]["median"]
     )
-    md = (tmp_path / "results").glob("inference-*.md").__next__().read_text()
+    md = (tmp_path / "results").glob("inference-*.md").__next__().read_text(encoding="utf-8")
     assert "speed-up: TAPS time / ours" in md and ">= 5" in md and "<= 0.5" in md
 
 
@@ -230,7 +232,7 @@ def test_inference_main_reports_a_failing_tool(tmp_path, capsys):
     assert bench_inference.main(argv) == 1
     assert "ours failed (exit 1): no model" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
-    assert "no model" in (tmp_path / "work" / "ours-1.log").read_text()
+    assert "no model" in (tmp_path / "work" / "ours-1.log").read_text(encoding="utf-8")
 
 
 # --- Predictor memory_format (added for bench_cpu_options) ---------------------

@@ -49,7 +49,7 @@ def isolated_store(tmp_path, monkeypatch):
     """A private model cache and an empty catalogue: no test touches ~/.cache or the network."""
     home = tmp_path / "home"
     catalogue = tmp_path / "catalogue.json"
-    catalogue.write_text(json.dumps({"format_version": 1, "models": []}))
+    catalogue.write_text(json.dumps({"format_version": 1, "models": []}), encoding="utf-8")
     monkeypatch.setenv("UNETSEGMENT_HOME", str(home))
     monkeypatch.setenv("UNETSEGMENT_CATALOGUE", str(catalogue))
     return home
@@ -109,7 +109,7 @@ def test_segment_writes_labelmap_slicer_file_and_volumes_on_the_input_grid(capsy
     assert np.allclose(lab.GetSpacing(), inp.GetSpacing()) and np.allclose(lab.GetOrigin(), inp.GetOrigin())
     assert np.allclose(lab.GetDirection(), inp.GetDirection())
     assert [s["Name"] for s in read_segments(tmp_path / "res" / "t2.seg.nrrd")] == ["Prostate"]
-    result = json.loads((tmp_path / "v.json").read_text())
+    result = json.loads((tmp_path / "v.json").read_text(encoding="utf-8"))
     assert result["model"] == {"id": "tiny-test-model", "version": "0.0.1"}
     assert set(result) >= {"input", "output", "volumes_ml", "device", "seconds"}
     voxels = np.count_nonzero(sitk.GetArrayFromImage(lab) == 1)
@@ -158,7 +158,7 @@ def test_machine_progress_lines_follow_the_protocol(capsys, tmp_path, t2, tiny_p
     assert all(0.0 <= m["fraction"] <= 1.0 for m in progress)
     assert msgs[-1]["kind"] == "result"
     result = {k: v for k, v in msgs[-1].items() if k != "kind"}
-    assert result == json.loads((tmp_path / "v.json").read_text())
+    assert result == json.loads((tmp_path / "v.json").read_text(encoding="utf-8"))
 
 
 @pytest.mark.parametrize("quality, tta", [("fast", False), ("standard", False), ("best", True)])
@@ -167,7 +167,7 @@ def test_quality_presets(capsys, tmp_path, t2, tiny_package, quality, tta):
         capsys, tiny_package, t2, "-o", tmp_path / "o.nrrd", "--quality", quality, "--volumes-json", tmp_path / "v.json"
     )
     assert code == EXIT_OK
-    assert json.loads((tmp_path / "v.json").read_text())["tta"] is tta
+    assert json.loads((tmp_path / "v.json").read_text(encoding="utf-8"))["tta"] is tta
     assert cli.quality_settings(quality, False) == ({"fast": 0.25}.get(quality), tta)
     assert cli.quality_settings("fast", True) == (0.25, True)
 
@@ -187,7 +187,7 @@ def test_a_dicom_folder_is_segmented(capsys, tmp_path, tiny_package):
 
 
 def test_overwrite_replaces_existing_outputs(capsys, tmp_path, t2, tiny_package):
-    (tmp_path / "o.nrrd").write_text("old")
+    (tmp_path / "o.nrrd").write_text("old", encoding="utf-8")
     assert seg(capsys, tiny_package, t2, "-o", tmp_path / "o.nrrd", "--overwrite")[0] == EXIT_OK
     assert sitk.ReadImage(str(tmp_path / "o.nrrd")).GetSize() == (64, 64, 16)
 
@@ -210,7 +210,7 @@ def test_unreadable_input_exits_3(capsys, tmp_path, tiny_package):
 
 def test_a_folder_without_dicom_exits_3(capsys, tmp_path, tiny_package):
     (tmp_path / "notdicom").mkdir()
-    (tmp_path / "notdicom" / "readme.txt").write_text("hello")
+    (tmp_path / "notdicom" / "readme.txt").write_text("hello", encoding="utf-8")
     code, _, err = seg(capsys, tiny_package, tmp_path / "notdicom", "-o", tmp_path / "o.nrrd")
     assert code == EXIT_INPUT and "no DICOM" in err[0]
 
@@ -263,7 +263,8 @@ def test_invalid_images_exit_4_without_output(capsys, tmp_path, tiny_package, ca
 def test_empty_image_exits_4(capsys, tmp_path, tiny_package):
     (tmp_path / "e.raw").write_bytes(b"")
     (tmp_path / "e.mhd").write_text(
-        "ObjectType = Image\nNDims = 3\nDimSize = 64 0 16\nElementSpacing = 1 1 3\nElementType = MET_SHORT\nElementDataFile = e.raw\n"
+        "ObjectType = Image\nNDims = 3\nDimSize = 64 0 16\nElementSpacing = 1 1 3\nElementType = MET_SHORT\nElementDataFile = e.raw\n",
+        encoding="utf-8",
     )
     code, _, err = seg(capsys, tiny_package, tmp_path / "e.mhd", "-o", tmp_path / "o.nrrd")
     assert code == EXIT_INVALID_IMAGE and "empty" in err[0]
@@ -272,7 +273,8 @@ def test_empty_image_exits_4(capsys, tmp_path, tiny_package):
 def test_zero_spacing_header_exits_4(capsys, tmp_path, tiny_package):
     (tmp_path / "z.raw").write_bytes(np.ones((16, 64, 64), np.int16).tobytes())
     (tmp_path / "z.mhd").write_text(
-        "ObjectType = Image\nNDims = 3\nDimSize = 64 64 16\nElementSpacing = 1 0 3\nElementType = MET_SHORT\nElementDataFile = z.raw\n"
+        "ObjectType = Image\nNDims = 3\nDimSize = 64 64 16\nElementSpacing = 1 0 3\nElementType = MET_SHORT\nElementDataFile = z.raw\n",
+        encoding="utf-8",
     )
     code, _, err = seg(capsys, tiny_package, tmp_path / "z.mhd", "-o", tmp_path / "o.nrrd")
     assert code == EXIT_INVALID_IMAGE and "zero or negative" in err[0]
@@ -335,7 +337,7 @@ def test_weights_failing_their_checksum_exit_5(capsys, tmp_path, t2):
 
 def test_an_invalid_package_exits_5(capsys, tmp_path, t2):
     pkg = make_tiny_package(tmp_path / "bad")
-    (pkg.path / "model.json").write_text("{not json")
+    (pkg.path / "model.json").write_text("{not json", encoding="utf-8")
     code, _, err = run(capsys, "segment", t2, "-o", tmp_path / "o.nrrd", "--model", pkg.path)
     assert code == EXIT_MODEL and len(err) == 1
 
@@ -357,7 +359,7 @@ def test_a_failed_download_exits_6(capsys, tmp_path, t2, monkeypatch):
         "sha256": "a" * 64,
         "size": 10,
     }
-    catalogue.write_text(json.dumps({"format_version": 1, "models": [entry]}))
+    catalogue.write_text(json.dumps({"format_version": 1, "models": [entry]}), encoding="utf-8")
     monkeypatch.setenv("UNETSEGMENT_CATALOGUE", str(catalogue))
     code, _, err = run(
         capsys, "segment", t2, "-o", tmp_path / "o.nrrd", "--model", "remote-model", "--progress", "machine"
@@ -377,14 +379,14 @@ def test_an_unknown_output_extension_exits_7(capsys, tmp_path, t2, tiny_package)
 
 
 def test_an_existing_output_without_overwrite_exits_7_and_is_untouched(capsys, tmp_path, t2, tiny_package):
-    (tmp_path / "o.nrrd").write_text("precious")
+    (tmp_path / "o.nrrd").write_text("precious", encoding="utf-8")
     code, _, err = seg(capsys, tiny_package, t2, "-o", tmp_path / "o.nrrd")
     assert code == EXIT_OUTPUT and "--overwrite" in err[0]
-    assert (tmp_path / "o.nrrd").read_text() == "precious"
+    assert (tmp_path / "o.nrrd").read_text(encoding="utf-8") == "precious"
 
 
 def test_an_unwritable_output_folder_exits_7(capsys, tmp_path, t2, tiny_package):
-    (tmp_path / "file").write_text("not a folder")
+    (tmp_path / "file").write_text("not a folder", encoding="utf-8")
     code, _, err = seg(capsys, tiny_package, t2, "-o", tmp_path / "file" / "sub" / "o.nrrd")
     assert code == EXIT_OUTPUT and "not a folder" in err[0]
 
@@ -514,11 +516,11 @@ def test_batch_builds_one_predictor_and_reports_failures_in_the_csv(capsys, tmp_
     _write(src, "case2.nrrd", synthetic_image(seed=2))
     _write(src, "flat.nrrd", sitk.GetImageFromArray(np.zeros((16, 64, 64), np.int16)))
     write_dicom_series(synthetic_image(seed=3), src / "patient3" / "series")
-    (src / "notes.txt").write_text("not an image")
+    (src / "notes.txt").write_text("not an image", encoding="utf-8")
     code, stdout, err = run(capsys, "batch", src, "-o", tmp_path / "out", "--model", tiny_package.path)
     assert code == EXIT_INVALID_IMAGE  # the first failed case's code
     assert len(built) == 1
-    rows = list(csv.DictReader(open(tmp_path / "out" / "summary.csv", newline="")))
+    rows = list(csv.DictReader(open(tmp_path / "out" / "summary.csv", newline="", encoding="utf-8")))
     status = {r["case"]: r["status"] for r in rows}
     assert status == {"case1": "ok", "case2": "ok", "flat": "failed", "patient3": "ok"}
     flat = next(r for r in rows if r["case"] == "flat")
@@ -544,7 +546,7 @@ def test_batch_pattern_format_and_csv_path(capsys, tmp_path, tiny_package):
     )  # fmt: skip
     assert code == EXIT_OK, err
     assert _files(tmp_path / "out") == ["a_t2w.seg.nrrd"]
-    assert [r["case"] for r in csv.DictReader(open(tmp_path / "s.csv", newline=""))] == ["a_t2w"]
+    assert [r["case"] for r in csv.DictReader(open(tmp_path / "s.csv", newline="", encoding="utf-8"))] == ["a_t2w"]
 
 
 def test_batch_without_images_or_folder_exits_3(capsys, tmp_path, tiny_package):
@@ -615,11 +617,13 @@ def test_models_commands_manage_the_cache(capsys, tmp_path, tiny_package, isolat
             "sha256": sha256_file(zip_path), "size": zip_path.stat().st_size, "structures": ["prostate"],
         }  # fmt: skip
         catalogue = tmp_path / "served.json"
-        catalogue.write_text(json.dumps({"format_version": 1, "models": [entry]}))
+        catalogue.write_text(json.dumps({"format_version": 1, "models": [entry]}), encoding="utf-8")
         monkeypatch.setenv("UNETSEGMENT_CATALOGUE", str(catalogue))
         code, out, _ = run(capsys, "models", "list")
         assert (
-            code == EXIT_OK and "none" in out.split("Available")[0] and "tiny-test-model" in out.split("Available")[1]
+            code == EXIT_OK
+            and "tiny-test-model" not in out.split("Available")[0]
+            and "tiny-test-model" in out.split("Available")[1]
         )
         code, out, err = run(capsys, "models", "download", "tiny-test-model@0.0.1")
         assert code == EXIT_OK and "Installed tiny-test-model 0.0.1" in out, err
@@ -690,7 +694,7 @@ def _python_m(*args, **kw):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
         [sys.executable, "-m", "UNetSegmentLib", *map(str, args)], env=env, cwd=str(REPO),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", **kw,
     )  # fmt: skip
 
 

@@ -55,13 +55,20 @@ def _config(tmp: Path, data: Path) -> Path:
         },
     }
     f = tmp / "e2e.yaml"
-    f.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    f.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     return f
 
 
 def _run(args, timeout):
     proc = subprocess.run(
-        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=dict(os.environ)
+        [sys.executable, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=timeout,
+        env=dict(os.environ),
     )
     assert proc.returncode == 0, f"{args[0]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}"
     return proc
@@ -85,7 +92,7 @@ def test_train_evaluate_export_and_segment_a_held_out_case(tmp_path):
     run_dir = tmp_path / "run"
     for name in ("config.yaml", "split.csv", "log.csv", "best.pt", "last.pt", "summary.json"):
         assert (run_dir / name).is_file(), name
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     assert summary["epochs"] == 8 and summary["best_val_dice"] > 0.7, summary
 
     # evaluate the run's held-out validation cases on their original grids
@@ -112,7 +119,7 @@ def test_train_evaluate_export_and_segment_a_held_out_case(tmp_path):
     )
     pkg = ModelPackage.load(pkg_dir)
     assert pkg.info.training["metrics"]["structures"]["prostate"]["dice"]["n"] == 2
-    entry = json.loads((tmp_path / "e2e-wholegland.catalogue.json").read_text())
+    entry = json.loads((tmp_path / "e2e-wholegland.catalogue.json").read_text(encoding="utf-8"))
     assert entry["sha256"] == sha256_file(tmp_path / "e2e-wholegland.zip")
     with zipfile.ZipFile(tmp_path / "e2e-wholegland.zip") as z:
         assert {"model.json", "weights.safetensors"} <= set(z.namelist())
@@ -144,6 +151,6 @@ def test_train_evaluate_export_and_segment_a_held_out_case(tmp_path):
 
     # the benchmark report of it all
     report = write_report([load_eval(tmp_path / "eval")], pkg, tmp_path / "report", run_dir=run_dir, device="cpu")
-    text = report.read_text()
+    text = report.read_text(encoding="utf-8")
     assert "figures/learning_curve.png" in text and (tmp_path / "report" / "figures" / "learning_curve.png").is_file()
     assert "synthetic validation" in text

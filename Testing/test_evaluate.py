@@ -181,7 +181,7 @@ def test_evaluate_writes_per_case_and_summary(tmp_path, tiny_package):
     for r, b in zip(rows, back):
         assert b["dice"] == pytest.approx(r["dice"], rel=1e-4)
         assert 0.0 <= b["dice"] <= 1.0
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
     s = summary["structures"]["prostate"]
     assert summary["n_cases"] == 2 and s["n"] == 2
     assert s["dice"]["mean"] == pytest.approx(np.mean([r["dice"] for r in rows]), rel=1e-6)

@@ -13,12 +13,12 @@ from training import explore
 
 
 def _rows(path):
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         return {r["case_id"]: r for r in csv.DictReader(f)}
 
 
 def _rows_by(path, key):
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         return {r[key]: r for r in csv.DictReader(f)}
 
 
@@ -47,7 +47,7 @@ def test_promise12_metaimage_report(tmp_path, capsys):
     assert rows["Case50"]["label_grid"] == "none" and rows["Case50"]["split"] == "test"
     summary = _rows_by(out / "summary.csv", "metric")
     assert summary["ml_prostate"]["n"] == "3"
-    report = (out / "README.md").read_text()
+    report = (out / "README.md").read_text(encoding="utf-8")
     for png in ("spacing.png", "volumes.png", "intensity.png", "examples.png"):
         assert f"]({png})" in report and _png_ok(out / png)
     assert "Case38" in report and "## Findings" in report
@@ -69,7 +69,7 @@ def test_zonal_report_uses_the_readers_label_mapping(tmp_path):
             float(r["ml_peripheral_zone"]) + float(r["ml_transition_zone"]), abs=0.02
         )
     assert rows["Prostate3T-01-0002"]["oblique_deg"] == "10.0"
-    report = (out / "README.md").read_text()
+    report = (out / "README.md").read_text(encoding="utf-8")
     assert "brighter than the transition zone in 4 of 4" in report
     assert "1 label(s) lie on a grid other than their image's" in report
 

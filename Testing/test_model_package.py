@@ -27,9 +27,9 @@ def package(tmp_path) -> ModelPackage:
 
 def _edit_model_json(pkg: ModelPackage, edit) -> None:
     path = pkg.path / MODEL_JSON
-    d = json.loads(path.read_text())
+    d = json.loads(path.read_text(encoding="utf-8"))
     edit(d)
-    path.write_text(json.dumps(d))
+    path.write_text(json.dumps(d), encoding="utf-8")
 
 
 def test_write_load_round_trip(package):
@@ -47,12 +47,12 @@ def test_write_load_round_trip(package):
 
 def test_write_copies_extra_files(tmp_path, package):
     card = tmp_path / "card.md"
-    card.write_text("# Model card\n")
+    card.write_text("# Model card\n", encoding="utf-8")
     state = load_file(str(package.weights_path))
     pkg = ModelPackage.write(
         tmp_path / "with-card", package.info, state, extra_files={"README.md": card, "report/card.md": card}
     )
-    assert (pkg.path / "README.md").read_text() == "# Model card\n"
+    assert (pkg.path / "README.md").read_text(encoding="utf-8") == "# Model card\n"
     assert (pkg.path / "report" / "card.md").is_file()
     again = ModelPackage.load(pkg.path, verify=True)
     assert again.info.weights_sha256 == sha256_file(pkg.weights_path)
@@ -97,7 +97,7 @@ def test_malformed_model_json(package, edit, message):
 
 
 def test_unreadable_or_missing_files(tmp_path, package):
-    (package.path / MODEL_JSON).write_text("{not json")
+    (package.path / MODEL_JSON).write_text("{not json", encoding="utf-8")
     with pytest.raises(ModelPackageError, match="cannot read"):
         ModelPackage.load(package.path)
     with pytest.raises(ModelPackageError, match="is not a model package"):
@@ -152,7 +152,7 @@ def test_build_network_refuses_mismatched_architecture(package, edit, message):
 
 def test_to_zip_has_files_at_top_level_and_round_trips(tmp_path, package):
     (package.path / "report").mkdir()
-    (package.path / "report" / "dice.csv").write_text("case,dice\n")
+    (package.path / "report" / "dice.csv").write_text("case,dice\n", encoding="utf-8")
     (tmp_path / "out").mkdir()
     zip_path = package.to_zip(tmp_path / "out" / "tiny.zip")
     assert zip_path == tmp_path / "out" / "tiny.zip"

@@ -124,11 +124,13 @@ def test_nci_overrides_by_argument_and_file(nci_root, tmp_path):
     assert cases["ProstateDx-01-0001"].label_map == {1: TZ, 2: PZ}
     copy = tmp_path / "nci"
     shutil.copytree(nci_root, copy)
-    (copy / "label_overrides.json").write_text(json.dumps({"Prostate3T-01-0001": {"1": "pz", "2": "tz"}}))
+    (copy / "label_overrides.json").write_text(
+        json.dumps({"Prostate3T-01-0001": {"1": "pz", "2": "tz"}}), encoding="utf-8"
+    )
     cases = {c.case_id: c for c in read_nci_isbi(str(copy))}
     assert cases["Prostate3T-01-0001"].label_map == {1: PZ, 2: TZ}
     assert cases["ProstateDx-01-0001"].label_map == {1: PZ, 2: TZ}
-    (copy / "label_overrides.json").write_text(json.dumps({"Prostate3T-01-0001": {"1": "bladder"}}))
+    (copy / "label_overrides.json").write_text(json.dumps({"Prostate3T-01-0001": {"1": "bladder"}}), encoding="utf-8")
     with pytest.raises(KeyError):
         read_nci_isbi(str(copy))
 
@@ -202,14 +204,14 @@ def test_msd_t2_channel_and_geometry(msd_root):
 
 
 def test_msd_label_table_and_modality_come_from_dataset_json(msd_root):
-    meta = json.loads((msd_root / "dataset.json").read_text())
+    meta = json.loads((msd_root / "dataset.json").read_text(encoding="utf-8"))
     meta["labels"] = {"0": "background", "1": "TZ", "2": "PZ"}
     meta["modality"] = {"0": "ADC", "1": "T2"}
-    (msd_root / "dataset.json").write_text(json.dumps(meta))
+    (msd_root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     case = read_msd(str(msd_root))[0]
     assert case.label_map == {1: TZ, 2: PZ} and case.channel == 1
     meta["labels"] = {"0": "background", "1": "tumour"}
-    (msd_root / "dataset.json").write_text(json.dumps(meta))
+    (msd_root / "dataset.json").write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(ValueError, match="tumour"):
         read_msd(str(msd_root))
 

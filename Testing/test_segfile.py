@@ -110,7 +110,7 @@ def test_values_beyond_a_byte_are_refused_and_nothing_is_left_behind(tmp_path):
 
 
 def test_a_failed_write_leaves_no_partial_file(tmp_path):
-    (tmp_path / "blocker").write_text("a file where a folder should be")
+    (tmp_path / "blocker").write_text("a file where a folder should be", encoding="utf-8")
     with pytest.raises(OSError):
         write_seg_nrrd(_labelmap(), tmp_path / "blocker" / "e.seg.nrrd", ZONES)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]

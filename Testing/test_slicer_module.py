@@ -92,7 +92,15 @@ def test_using_the_module_keeps_torch_out_of_slicers_process(tmp_path):
         print("torch" in sys.modules, "monai" in sys.modules, len(choices))
         """
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     torch_loaded, monai_loaded, n_choices = out.stdout.split()
     assert (torch_loaded, monai_loaded) == ("False", "False")
@@ -106,7 +114,7 @@ def _cmake_list(text: str, variable: str):
 
 
 def test_cmake_lists_every_module_and_library_file():
-    module_cmake = (MODULE_DIR / "CMakeLists.txt").read_text()
+    module_cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
     scripts = [s.replace("${MODULE_NAME}", "UNetSegment") for s in _cmake_list(module_cmake, "MODULE_PYTHON_SCRIPTS")]
     resources = [
         s.replace("${MODULE_NAME}", "UNetSegment") for s in _cmake_list(module_cmake, "MODULE_PYTHON_RESOURCES")
@@ -124,7 +132,7 @@ def test_cmake_lists_every_module_and_library_file():
         r"if\(BUILD_TESTING\).*slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\)", module_cmake, re.S
     )
 
-    top = (REPO / "CMakeLists.txt").read_text()
+    top = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     listed_lib = {REPO / p for p in _cmake_list(top, "LIB_PYTHON_SCRIPTS") + _cmake_list(top, "LIB_PYTHON_RESOURCES")}
     assert all(p.is_file() for p in listed_lib), [str(p) for p in listed_lib if not p.is_file()]
     lib_files = {p for p in LIB_DIR.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
@@ -143,7 +151,7 @@ def test_cmake_lists_every_module_and_library_file():
 def test_terminology_file_matches_the_label_table():
     from UNetSegmentLib.labels import STRUCTURES
 
-    doc = json.loads((MODULE_DIR / "Resources" / "prostate.term.json").read_text())
+    doc = json.loads((MODULE_DIR / "Resources" / "prostate.term.json").read_text(encoding="utf-8"))
     (category,) = doc["SegmentationCodes"]["Category"]
     assert (category["CodingSchemeDesignator"], category["CodeValue"]) == ("SCT", "123037004")
     types = {t["CodeValue"]: t for t in category["Type"]}
@@ -478,7 +486,7 @@ def test_dependencies_are_installed_with_confirmation_and_pinned(slicer_env, mon
     monkeypatch.setattr(
         slicer.util,
         "pip_install",
-        lambda args: (slicer.util.pipCalls.append(args), constraints.append(Path(args[1]).read_text())),
+        lambda args: (slicer.util.pipCalls.append(args), constraints.append(Path(args[1]).read_text(encoding="utf-8"))),
     )
     slicer.util.answers.append(False)
     with pytest.raises(dependencies.DependencyError, match="were not installed"):

@@ -134,7 +134,7 @@ def served_tiny_model(slicer_env, tiny_package, monkeypatch):
         "license": {"weights": "CC0-1.0 (random)"},
     }
     catalogue = folder / "catalogue.json"
-    catalogue.write_text(json.dumps({"format_version": 1, "models": [entry]}))
+    catalogue.write_text(json.dumps({"format_version": 1, "models": [entry]}), encoding="utf-8")
     monkeypatch.setenv("UNETSEGMENT_CATALOGUE", str(catalogue))
     yield "tiny-test-model@0.0.1"
     server.shutdown()

@@ -103,7 +103,7 @@ def _isolated_env(tmp_path, monkeypatch):
 def package(tmp_path_factory) -> ModelPackage:
     """A real tiny package (a zip of ~0.26 MB: several 64 KiB download chunks) with a model card."""
     pkg = make_tiny_package(tmp_path_factory.mktemp("pkg") / "tiny")
-    (pkg.path / "README.md").write_text("# Tiny test model\n\nRandom weights.\n")
+    (pkg.path / "README.md").write_text("# Tiny test model\n\nRandom weights.\n", encoding="utf-8")
     return pkg
 
 
@@ -147,7 +147,7 @@ def _assert_nothing_installed(store: ModelStore) -> None:
 def _versioned_zip(package: ModelPackage, tmp_path: Path, version: str, single_folder: bool = False) -> Path:
     """A zip of ``package`` relabelled as ``version``, optionally inside one top-level folder."""
     zip_path = tmp_path / f"tiny-{version}.zip"
-    meta = json.loads((package.path / MODEL_JSON).read_text())
+    meta = json.loads((package.path / MODEL_JSON).read_text(encoding="utf-8"))
     meta["version"] = version
     prefix = f"tiny-{version}/" if single_folder else ""
     with zipfile.ZipFile(zip_path, "w") as z:
@@ -180,7 +180,7 @@ def test_catalogue_from_env_path_and_url_resolves_relative_urls(server, tmp_path
     doc = {"format_version": 1, "models": [dict(_entry("tiny.zip", package_zip).to_dict())]}
     path = tmp_path / "mirror" / "catalogue.json"
     path.parent.mkdir()
-    path.write_text(json.dumps(doc))
+    path.write_text(json.dumps(doc), encoding="utf-8")
     monkeypatch.setenv("UNETSEGMENT_CATALOGUE", str(path))
     (entry,) = load_catalogue()
     assert entry.url == (tmp_path / "mirror" / "tiny.zip").as_uri()
@@ -207,7 +207,7 @@ def test_catalogue_from_env_path_and_url_resolves_relative_urls(server, tmp_path
 )
 def test_malformed_catalogue_is_rejected(tmp_path, doc, message):
     path = tmp_path / "catalogue.json"
-    path.write_text(json.dumps(doc))
+    path.write_text(json.dumps(doc), encoding="utf-8")
     with pytest.raises(ModelPackageError, match=message):
         load_catalogue(str(path))
 
@@ -431,7 +431,7 @@ def test_import_zip_with_tampered_weights_is_refused(tmp_path, package):
 
 def test_import_refuses_non_zips_and_non_packages(tmp_path):
     store = ModelStore(root=tmp_path / "cache", catalogue=[], bundled_dir=tmp_path / "none")
-    (tmp_path / "notes.zip").write_text("not a zip")
+    (tmp_path / "notes.zip").write_text("not a zip", encoding="utf-8")
     with pytest.raises(ModelPackageError, match="not a readable zip"):
         store.import_zip(tmp_path / "notes.zip")
     with zipfile.ZipFile(tmp_path / "other.zip", "w") as z:

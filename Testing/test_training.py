@@ -33,7 +33,7 @@ def test_default_config_parses_into_typed_sections():
 
 def test_unknown_and_misspelt_keys_are_errors(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("train:\n  epoch: 5\n")
+    f.write_text("train:\n  epoch: 5\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="epoch"):
         load_config(f)
     with pytest.raises(ConfigError, match="unknown key"):
@@ -42,7 +42,7 @@ def test_unknown_and_misspelt_keys_are_errors(tmp_path):
 
 def test_overrides_are_typed_and_reach_list_items(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("data:\n  sources:\n    - format: pairs\n      path: /a\n")
+    f.write_text("data:\n  sources:\n    - format: pairs\n      path: /a\n", encoding="utf-8")
     cfg = load_config(
         f, ["train.epochs=3", "data.sources.0.path=/b", "augment.enabled=false", "model.spacing_xyz_mm=[1, 1, 2]"]
     )
@@ -181,7 +181,7 @@ def _tiny_config(tmp: Path, epochs: int = 1, out: str = "run") -> Path:
         },
     }
     f = tmp / f"{out}.yaml"
-    f.write_text(yaml.safe_dump(cfg))
+    f.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return f
 
 
@@ -197,13 +197,13 @@ def tiny_run(tmp_path_factory):
 def test_a_run_writes_its_folder(tiny_run):
     for name in ("config.yaml", "split.csv", "log.csv", "best.pt", "last.pt", "summary.json", "versions.json"):
         assert (tiny_run / name).is_file(), name
-    with open(tiny_run / "split.csv", newline="") as f:
+    with open(tiny_run / "split.csv", newline="", encoding="utf-8") as f:
         split = {r["case_id"]: r["split"] for r in csv.DictReader(f)}
     assert split == {"c0": "train", "c1": "train", "c2": "validation"}
-    with open(tiny_run / "log.csv", newline="") as f:
+    with open(tiny_run / "log.csv", newline="", encoding="utf-8") as f:
         keys = {r["key"] for r in csv.DictReader(f) if r["epoch"] == "1"}
     assert {"train_loss", "lr", "val_dice_prostate", "val_dice_mean"} <= keys
-    summary = json.loads((tiny_run / "summary.json").read_text())
+    summary = json.loads((tiny_run / "summary.json").read_text(encoding="utf-8"))
     assert summary["epochs"] == 1 and summary["best_epoch"] == 1 and 0.0 <= summary["best_val_dice"] <= 1.0
     assert load_config(tiny_run / "config.yaml").model.id == "tiny-run"  # the copied config reads back
 
@@ -232,7 +232,7 @@ def test_resume_restores_weights_optimizer_counters_and_rng(tiny_run, tmp_path):
     assert np.array_equal(np.random.get_state()[1], saved["rng"]["numpy"][1])
     fit(r)
     assert r.epoch == 2
-    with open(run_dir / "log.csv", newline="") as f:
+    with open(run_dir / "log.csv", newline="", encoding="utf-8") as f:
         assert sorted({int(row["epoch"]) for row in csv.DictReader(f)}) == [1, 2]
     assert torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)["epoch"] == 2
 

@@ -88,7 +88,8 @@ def test_a_multi_component_image_is_refused():
 def test_an_empty_image_is_refused(tmp_path):
     (tmp_path / "e.raw").write_bytes(b"")
     (tmp_path / "e.mhd").write_text(
-        "ObjectType = Image\nNDims = 3\nDimSize = 0 64 16\nElementSpacing = 1 1 3\nElementType = MET_SHORT\nElementDataFile = e.raw\n"
+        "ObjectType = Image\nNDims = 3\nDimSize = 0 64 16\nElementSpacing = 1 1 3\nElementType = MET_SHORT\nElementDataFile = e.raw\n",
+        encoding="utf-8",
     )
     with pytest.raises(InvalidImageError, match="empty"):
         read_input(tmp_path / "e.mhd")
@@ -120,7 +121,8 @@ def test_zero_spacing_in_a_header_is_an_invalid_image_not_an_unreadable_file(tmp
     if suffix == ".mhd":
         (tmp_path / "z.raw").write_bytes(data)
         (tmp_path / "z.mhd").write_text(
-            "ObjectType = Image\nNDims = 3\nDimSize = 64 64 16\nElementSpacing = 0 1 3\nElementType = MET_SHORT\nElementDataFile = z.raw\n"
+            "ObjectType = Image\nNDims = 3\nDimSize = 64 64 16\nElementSpacing = 0 1 3\nElementType = MET_SHORT\nElementDataFile = z.raw\n",
+            encoding="utf-8",
         )
     else:
         header = (

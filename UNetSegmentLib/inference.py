@@ -180,7 +180,9 @@ class Predictor:
         return Prediction(labelmap, label_volumes_ml(labelmap, self.info.labels), timings, self.device.type)
 
     @torch.no_grad()
-    def _segment(self, array_zyx: np.ndarray, report: ProgressCallback, should_cancel: Optional[Callable[[], bool]]) -> np.ndarray:
+    def _segment(
+        self, array_zyx: np.ndarray, report: ProgressCallback, should_cancel: Optional[Callable[[], bool]]
+    ) -> np.ndarray:
         """Model-grid ``(z, y, x)`` float array -> ``(z, y, x)`` uint8 argmax labels."""
         from monai.inferers import sliding_window_inference
 
@@ -210,7 +212,14 @@ class Predictor:
         for axes in flips:
             xi = torch.flip(x, axes) if axes else x
             logits = sliding_window_inference(
-                xi, patch, 1, network, overlap=self.overlap, mode=self.info.inference.blend_mode, padding_mode="constant", cval=float(x.min())
+                xi,
+                patch,
+                1,
+                network,
+                overlap=self.overlap,
+                mode=self.info.inference.blend_mode,
+                padding_mode="constant",
+                cval=float(x.min()),
             )
             p = torch.softmax(logits, dim=1)
             p = torch.flip(p, axes) if axes else p
@@ -225,4 +234,3 @@ def label_volumes_ml(labelmap: sitk.Image, labels: Sequence) -> Dict[str, float]
     counts = np.bincount(sitk.GetArrayViewFromImage(labelmap).ravel(), minlength=256)
     voxel_ml = float(np.prod(labelmap.GetSpacing())) / 1000.0
     return {lab.structure.name: float(counts[lab.value] * voxel_ml) for lab in labels}
-

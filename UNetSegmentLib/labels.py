@@ -39,8 +39,12 @@ class Structure:
 
 
 PROSTATE = Structure("prostate", "Prostate", (216, 160, 102), "41216001", "Prostate")
-PERIPHERAL_ZONE = Structure("peripheral_zone", "Peripheral zone", (230, 158, 140), "279706003", "Peripheral zone of prostate")
-TRANSITION_ZONE = Structure("transition_zone", "Transition zone", (128, 174, 128), "399384005", "Transition zone of prostate")
+PERIPHERAL_ZONE = Structure(
+    "peripheral_zone", "Peripheral zone", (230, 158, 140), "279706003", "Peripheral zone of prostate"
+)
+TRANSITION_ZONE = Structure(
+    "transition_zone", "Transition zone", (128, 174, 128), "399384005", "Transition zone of prostate"
+)
 
 STRUCTURES: Dict[str, Structure] = {s.name: s for s in (PROSTATE, PERIPHERAL_ZONE, TRANSITION_ZONE)}
 

@@ -63,7 +63,7 @@ class LabelEntry:
         return d
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "LabelEntry":
+    def from_dict(cls, d: Dict[str, Any]) -> LabelEntry:
         name = d["name"]
         base = STRUCTURES.get(name)
         term = d.get("terminology", {}).get("type", {})
@@ -92,8 +92,12 @@ class InferenceSpec:
         return {"patch_size_zyx": list(self.patch_size_zyx), "overlap": self.overlap, "blend_mode": self.blend_mode}
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "InferenceSpec":
-        return cls(tuple(int(v) for v in d["patch_size_zyx"]), float(d.get("overlap", 0.5)), str(d.get("blend_mode", "gaussian")))  # type: ignore[arg-type]
+    def from_dict(cls, d: Dict[str, Any]) -> InferenceSpec:
+        return cls(
+            tuple(int(v) for v in d["patch_size_zyx"]),
+            float(d.get("overlap", 0.5)),
+            str(d.get("blend_mode", "gaussian")),
+        )  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -149,11 +153,13 @@ class ModelInfo:
         }
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "ModelInfo":
+    def from_dict(cls, d: Dict[str, Any]) -> ModelInfo:
         try:
             fmt = int(d.get("format_version", 0))
             if fmt != FORMAT_VERSION:
-                raise ModelPackageError(f"model.json format_version {fmt} is not supported (this UNetSegment reads {FORMAT_VERSION})")
+                raise ModelPackageError(
+                    f"model.json format_version {fmt} is not supported (this UNetSegment reads {FORMAT_VERSION})"
+                )
             return cls(
                 id=str(d["id"]),
                 version=str(d["version"]),
@@ -186,7 +192,7 @@ class ModelPackage:
         return self.path / WEIGHTS_FILE
 
     @classmethod
-    def load(cls, path: Union[str, Path], verify: bool = True) -> "ModelPackage":
+    def load(cls, path: Union[str, Path], verify: bool = True) -> ModelPackage:
         """Read ``model.json``; with ``verify`` also check the weights' sha256."""
         path = Path(path)
         meta = path / MODEL_JSON
@@ -242,7 +248,12 @@ class ModelPackage:
         return net
 
     @staticmethod
-    def write(folder: Union[str, Path], info: ModelInfo, state_dict: Dict[str, Any], extra_files: Optional[Dict[str, Union[str, Path]]] = None) -> "ModelPackage":
+    def write(
+        folder: Union[str, Path],
+        info: ModelInfo,
+        state_dict: Dict[str, Any],
+        extra_files: Optional[Dict[str, Union[str, Path]]] = None,
+    ) -> ModelPackage:
         """Write a package: weights (safetensors), then ``model.json`` with their sha256.
 
         ``extra_files`` maps names inside the package to files to copy (model

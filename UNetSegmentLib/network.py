@@ -91,7 +91,7 @@ class UNet3DConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "UNet3DConfig":
+    def from_dict(cls, d: Dict[str, Any]) -> UNet3DConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - known
         if unknown:
@@ -191,7 +191,7 @@ class UNet3D(nn.Module):
         self.outc = nn.Conv3d(ch, config.out_channels, 1)
 
     @classmethod
-    def paper(cls) -> "UNet3D":
+    def paper(cls) -> UNet3D:
         """The network of Çiçek et al. 2016: 3 input channels, 3 labels, valid padding, batch norm."""
         return cls(
             UNet3DConfig(

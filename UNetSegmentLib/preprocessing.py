@@ -63,7 +63,7 @@ class PreprocessingSpec:
         }
 
     @classmethod
-    def from_dict(cls, d: Dict[str, Any]) -> "PreprocessingSpec":
+    def from_dict(cls, d: Dict[str, Any]) -> PreprocessingSpec:
         norm = d.get("normalization", {})
         if isinstance(norm, str):
             norm = {"method": norm}
@@ -186,7 +186,9 @@ def preprocess_label(label: sitk.Image, grid: ModelGrid) -> np.ndarray:
     return sitk.GetArrayFromImage(res)
 
 
-def crop_or_pad(array: np.ndarray, size_zyx: Sequence[int], center_zyx: Optional[Sequence[int]] = None, value: float = 0.0) -> np.ndarray:
+def crop_or_pad(
+    array: np.ndarray, size_zyx: Sequence[int], center_zyx: Optional[Sequence[int]] = None, value: float = 0.0
+) -> np.ndarray:
     """Crop or pad the last three axes of ``array`` to ``size_zyx`` around ``center_zyx`` (default: middle)."""
     shape = array.shape[-3:]
     center = [s // 2 for s in shape] if center_zyx is None else list(center_zyx)

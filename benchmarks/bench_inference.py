@@ -126,7 +126,7 @@ def measure_command(
     # ru_maxrss: kilobytes on Linux, bytes on macOS
     peak_mib = usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
     to_output = output.stat().st_mtime - start_wall if output.exists() else float("nan")
-    tail = log_path.read_text(errors="replace")[-2000:]
+    tail = log_path.read_text(errors="replace", encoding="utf-8")[-2000:]
     cpu_s = usage.ru_utime + usage.ru_stime
     return RunResult(min(to_output, to_exit), to_exit, peak_mib, cpu_s, proc.returncode, str(output), tail)
 

@@ -225,7 +225,7 @@ def image_dice(a_path: Path, b_path: Path) -> float:
 
 def cpu_name() -> str:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
@@ -266,8 +266,8 @@ def write_results(
     stem = "-".join(p for p in (name, tag, time.strftime("%Y%m%d-%H%M%S")) if p)
     json_path = out_dir / f"{stem}.json"
     md_path = out_dir / f"{stem}.md"
-    json_path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
-    md_path.write_text(markdown.rstrip() + "\n")
+    json_path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    md_path.write_text(markdown.rstrip() + "\n", encoding="utf-8")
     return json_path, md_path
 
 

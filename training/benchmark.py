@@ -60,7 +60,9 @@ def load_eval(path: Path) -> EvalSet:
     path = Path(path)
     if not (path / "per_case.csv").is_file():
         raise FileNotFoundError(f"{path} has no per_case.csv: is it an evaluate.py output folder?")
-    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
+    summary = (
+        json.loads((path / "summary.json").read_text(encoding="utf-8")) if (path / "summary.json").is_file() else {}
+    )
     rows = read_per_case(path / "per_case.csv")
     if not rows:
         raise ValueError(f"{path / 'per_case.csv'} holds no rows")
@@ -379,7 +381,7 @@ def write_report(
     report = out / "report.md"
     report.write_text("\n".join(lines), encoding="utf-8")
     bench = {"model": facts, "evaluations": {e.name: _summary(e) for e in evals}, "published": records, "figures": rel}
-    (out / "benchmark.json").write_text(json.dumps(bench, indent=2, default=_json_default) + "\n")
+    (out / "benchmark.json").write_text(json.dumps(bench, indent=2, default=_json_default) + "\n", encoding="utf-8")
     return report
 
 

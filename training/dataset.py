@@ -135,7 +135,9 @@ def build_augment(cfg: AugmentConfig, patch_zyx: Sequence[int]):
         tr.append(T.RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=2))
     tr += [
         T.RandSimulateLowResolutiond(keys="image", prob=cfg.low_resolution_prob, zoom_range=(0.5, 1.0)),
-        T.RandGaussianSmoothd(keys="image", prob=cfg.blur_prob, sigma_x=(0.0, 0.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0)),
+        T.RandGaussianSmoothd(
+            keys="image", prob=cfg.blur_prob, sigma_x=(0.0, 0.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0)
+        ),
         T.RandAdjustContrastd(keys="image", prob=cfg.gamma_prob, gamma=(0.7, 1.5)),
         T.RandScaleIntensityd(keys="image", prob=cfg.intensity_prob, factors=0.25),
         T.RandShiftIntensityd(keys="image", prob=cfg.intensity_prob, offsets=0.1),
@@ -152,7 +154,9 @@ class PatchSampler(torch.utils.data.IterableDataset):
     augmentation so rotations do not bring in padding.
     """
 
-    def __init__(self, volumes: List[Volume], patch_zyx: Sequence[int], foreground_fraction: float, augment, seed: int) -> None:
+    def __init__(
+        self, volumes: List[Volume], patch_zyx: Sequence[int], foreground_fraction: float, augment, seed: int
+    ) -> None:
         super().__init__()
         self.volumes = volumes
         self.patch = tuple(int(p) for p in patch_zyx)
@@ -169,7 +173,11 @@ class PatchSampler(torch.utils.data.IterableDataset):
         # `is not None`, never truthiness: len() of a MONAI Compose re-seeds its transforms
         if self.augment is not None:
             self.augment.set_random_state(seed=int(rng.integers(2**31)))
-        big = (self.patch[0], int(self.patch[1] * 1.25), int(self.patch[2] * 1.25)) if self.augment is not None else self.patch
+        big = (
+            (self.patch[0], int(self.patch[1] * 1.25), int(self.patch[2] * 1.25))
+            if self.augment is not None
+            else self.patch
+        )
         while True:
             i = int(rng.integers(len(self.volumes)))
             v = self.volumes[i]

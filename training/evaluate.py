@@ -348,7 +348,9 @@ def evaluate(
         summary["model"] = {"id": package.info.id, "version": package.info.version, "path": str(package.path)}
         summary["data"] = description
         summary["tta"] = tta
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False, default=_json_default) + "\n")
+        (out / "summary.json").write_text(
+            json.dumps(summary, indent=2, allow_nan=False, default=_json_default) + "\n", encoding="utf-8"
+        )
     return rows
 
 
@@ -358,7 +360,7 @@ def _json_default(o: Any) -> Any:
 
 def write_per_case(rows: Sequence[Dict[str, Any]], path: Path) -> None:
     """``per_case.csv``: one row per case and structure; NaN is written as an empty cell."""
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(COLUMNS))
         w.writeheader()
         for r in rows:
@@ -374,7 +376,7 @@ def _cell(v: Any) -> Any:
 def read_per_case(path: Union[str, Path]) -> List[Dict[str, Any]]:
     """Read ``per_case.csv`` back: metric columns as floats (NaN for empty cells)."""
     numeric = set(METRICS) | {"seconds"}
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     for r in rows:
         for k in numeric & set(r):
@@ -473,7 +475,7 @@ def main(argv=None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"evaluate.py: {msg}", file=sys.stderr)
         return 1
-    summary = json.loads((Path(args.output) / "summary.json").read_text())
+    summary = json.loads((Path(args.output) / "summary.json").read_text(encoding="utf-8"))
     for name, s in summary["structures"].items():
         d, h = s["dice"], s["hd95_mm"]
         hd = f"{h['mean']:.1f} mm" if h["mean"] is not None else "n/a"

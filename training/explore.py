@@ -243,7 +243,7 @@ def write_csv(path: Path, rows: Sequence[Dict[str, Any]]) -> None:
     keys: List[str] = []
     for r in rows:
         keys.extend(k for k in r if k not in keys)
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=keys, restval="")
         w.writeheader()
         w.writerows(rows)
@@ -508,7 +508,7 @@ def write_report(
         "",
     ]
     path = out / "README.md"
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines), encoding="utf-8")
     return path
 
 

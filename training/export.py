@@ -33,7 +33,7 @@ DATA_LICENSES = {
 def _split_summary(run_dir: Path) -> Dict[str, Any]:
     rows: List[Dict[str, str]] = []
     if (run_dir / "split.csv").exists():
-        with open(run_dir / "split.csv", newline="") as f:
+        with open(run_dir / "split.csv", newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
     out: Dict[str, Any] = {}
     for split in ("train", "validation", "test"):
@@ -54,18 +54,22 @@ def export_run(
     """Write the model package of ``run_dir`` into ``out_dir`` and return the :class:`ModelPackage`."""
     import torch
 
+    from training.trainer import network_config, preprocessing_spec
     from UNetSegmentLib.labels import structure
     from UNetSegmentLib.model_package import InferenceSpec, LabelEntry, ModelInfo, ModelPackage
-    from training.trainer import network_config, preprocessing_spec
 
     run_dir = Path(run_dir)
-    cfg_dict = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg_dict = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     cfg = from_dict(ExperimentConfig, cfg_dict)
     ckpt_path = run_dir / checkpoint
     if not ckpt_path.exists():
         raise FileNotFoundError(f"{ckpt_path} does not exist: has the run validated at least once?")
     state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+    summary = (
+        json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        if (run_dir / "summary.json").exists()
+        else {}
+    )
     split = _split_summary(run_dir)
     net_cfg = network_config(cfg)
     m = cfg.model
@@ -122,7 +126,7 @@ def main(argv=None) -> int:
     p.add_argument("--url", default="", help="download URL recorded in the catalogue entry")
     args = p.parse_args(argv)
     try:
-        metrics = json.loads(args.metrics.read_text()) if args.metrics else None
+        metrics = json.loads(args.metrics.read_text(encoding="utf-8")) if args.metrics else None
         pkg = export_run(args.run_dir, args.out_dir, metrics)
     except (OSError, ValueError, KeyError) as e:
         print(f"export.py: {e}", file=sys.stderr)
@@ -131,7 +135,9 @@ def main(argv=None) -> int:
     if args.zip:
         z = pkg.to_zip(args.out_dir.with_suffix(".zip"))
         entry = catalogue_entry(z, pkg, args.url or z.name)
-        (args.out_dir.parent / f"{args.out_dir.name}.catalogue.json").write_text(json.dumps(entry, indent=2) + "\n")
+        (args.out_dir.parent / f"{args.out_dir.name}.catalogue.json").write_text(
+            json.dumps(entry, indent=2) + "\n", encoding="utf-8"
+        )
         print(f"zip: {z} (sha256 {entry['sha256'][:12]}..., {entry['size']} bytes)")
     return 0
 

@@ -57,7 +57,7 @@ def box_plot(
 def read_log(path: Path) -> Dict[str, List[Tuple[int, float]]]:
     """A run's ``log.csv`` (rows ``epoch,key,value``) as ``{key: [(epoch, value), ...]}``."""
     out: Dict[str, List[Tuple[int, float]]] = {}
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
             try:
                 out.setdefault(row["key"], []).append((int(row["epoch"]), float(row["value"])))

@@ -53,9 +53,8 @@ def main(argv=None) -> int:
         from training.export import export_run
 
         pkg = export_run(out, Path(args.export))
-        print(f"model package: {pkg}")
+        print(f"model package: {pkg.path}")
     return 0
-
 
 
 if __name__ == "__main__":

@@ -57,7 +57,9 @@ def preprocessing_spec(cfg: ExperimentConfig) -> PreprocessingSpec:
 
 def network_config(cfg: ExperimentConfig) -> UNet3DConfig:
     m = cfg.model
-    return UNet3DConfig(1, len(m.structures) + 1, m.base_channels, tuple(tuple(p) for p in m.pool_sizes), m.padding, m.norm)  # type: ignore[arg-type]
+    return UNet3DConfig(
+        1, len(m.structures) + 1, m.base_channels, tuple(tuple(p) for p in m.pool_sizes), m.padding, m.norm
+    )  # type: ignore[arg-type]
 
 
 def seed_everything(seed: int) -> None:
@@ -104,13 +106,26 @@ def load_data(cfg: ExperimentConfig, out: Path) -> tuple:
         raise ValueError("no labelled training cases in the configured sources")
     from tqdm import tqdm
 
-    vols = [load_volume(c, spec, cfg.model.structures, cache) for c in tqdm(train_cases + val_cases, desc="preprocessing", unit="case", disable=None)]
+    vols = [
+        load_volume(c, spec, cfg.model.structures, cache)
+        for c in tqdm(train_cases + val_cases, desc="preprocessing", unit="case", disable=None)
+    ]
     return cases, vols[: len(train_cases)], vols[len(train_cases) :]
 
 
 def write_split(out: Path, cases: List[Case]) -> None:
-    rows = [{"case_id": c.case_id, "split": c.split, "group": c.group, "source": c.source, "image": c.image, "label": c.label or ""} for c in cases]
-    with open(out / "split.csv", "w", newline="") as f:
+    rows = [
+        {
+            "case_id": c.case_id,
+            "split": c.split,
+            "group": c.group,
+            "source": c.source,
+            "image": c.image,
+            "label": c.label or "",
+        }
+        for c in cases
+    ]
+    with open(out / "split.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
@@ -126,22 +141,32 @@ def build(cfg: ExperimentConfig, resume: bool) -> Run:
     device = resolve_device(cfg.train.device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    bf16 = cfg.train.precision == "bfloat16" or (cfg.train.precision == "auto" and (device.type == "cuda" or cpu_supports_bf16()))
+    bf16 = cfg.train.precision == "bfloat16" or (
+        cfg.train.precision == "auto" and (device.type == "cuda" or cpu_supports_bf16())
+    )
     cases, train, val = load_data(cfg, out)
     if rank == 0:
         write_split(out, cases)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        (out / "versions.json").write_text(json.dumps(software_versions(), indent=2))
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+        (out / "versions.json").write_text(json.dumps(software_versions(), indent=2), encoding="utf-8")
     model = UNet3D(network_config(cfg)).to(device)
     if device.type == "cpu":
         model = model.to(memory_format=torch.channels_last_3d)
     optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.train.learning_rate, momentum=0.99, nesterov=True, weight_decay=cfg.train.weight_decay
+        model.parameters(),
+        lr=cfg.train.learning_rate,
+        momentum=0.99,
+        nesterov=True,
+        weight_decay=cfg.train.weight_decay,
     )
     run = Run(cfg, out, device, bf16, model, optimizer, train, val, rank=rank, world=world)
     log.info(
         "%d training and %d validation cases; %s parameters; device %s%s",
-        len(train), len(val), f"{count_parameters(model):,}", device, " (bf16)" if bf16 else "",
+        len(train),
+        len(val),
+        f"{count_parameters(model):,}",
+        device,
+        " (bf16)" if bf16 else "",
     )
     if resume and (out / "last.pt").exists():
         load_checkpoint(run, out / "last.pt")
@@ -209,7 +234,13 @@ def train_epoch(run: Run, batches, loss_fn, model, progress: float) -> float:
         g["lr"] = poly_lr(run.cfg, progress)
     total = 0.0
     n = run.cfg.train.iterations_per_epoch
-    bar = tqdm(range(n), desc=f"epoch {run.epoch + 1}/{run.cfg.train.epochs}", unit="it", leave=False, disable=run.rank != 0 or None)
+    bar = tqdm(
+        range(n),
+        desc=f"epoch {run.epoch + 1}/{run.cfg.train.epochs}",
+        unit="it",
+        leave=False,
+        disable=run.rank != 0 or None,
+    )
     for _ in bar:
         image, target, gland_only = next(batches)
         image = image.to(run.device, non_blocking=True)
@@ -223,8 +254,9 @@ def train_epoch(run: Run, batches, loss_fn, model, progress: float) -> float:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
         run.optimizer.step()
-        total += float(loss.detach())
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        value = float(loss.detach())
+        total += value
+        bar.set_postfix(loss=f"{value:.3f}")
     return total / n
 
 
@@ -241,7 +273,9 @@ def validate(run: Run) -> Dict[str, float]:
     for v in run.val:
         x = torch.from_numpy(v.image)[None, None].to(run.device)
         with autocast(run):
-            logits = sliding_window_inference(x, tuple(run.cfg.model.patch_size_zyx), 2, model, overlap=0.25, mode="gaussian")
+            logits = sliding_window_inference(
+                x, tuple(run.cfg.model.patch_size_zyx), 2, model, overlap=0.25, mode="gaussian"
+            )
         pred = logits.float().argmax(1)[0].cpu().numpy()
         t = v.target
         gland.append(_dice(pred > 0, t > 0))
@@ -250,7 +284,9 @@ def validate(run: Run) -> Dict[str, float]:
                 per_structure[n].append(_dice(pred == i, t == i))
     metrics = {f"dice_{n}": float(np.mean(d)) for n, d in per_structure.items() if d}
     metrics["dice_gland"] = float(np.mean(gland)) if gland else float("nan")
-    metrics["dice_mean"] = float(np.mean([metrics[f"dice_{n}"] for n in names if f"dice_{n}" in metrics] or [metrics["dice_gland"]]))
+    metrics["dice_mean"] = float(
+        np.mean([metrics[f"dice_{n}"] for n in names if f"dice_{n}" in metrics] or [metrics["dice_gland"]])
+    )
     return metrics
 
 
@@ -278,7 +314,7 @@ class Logger:
         if not self.enabled:
             return
         new = not self.csv.exists()
-        with open(self.csv, "a", newline="") as f:
+        with open(self.csv, "a", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             if new:
                 w.writerow(["epoch", "key", "value"])
@@ -294,9 +330,14 @@ def fit(run: Run) -> Dict[str, float]:
     """The training loop: epochs, validation, best and last checkpoints, time limit."""
     cfg = run.cfg
     augment = build_augment(cfg.augment, cfg.model.patch_size_zyx) if cfg.augment.enabled else None
-    sampler = PatchSampler(run.train, cfg.model.patch_size_zyx, cfg.data.foreground_fraction, augment, cfg.train.seed + 1000 * run.epoch)
+    sampler = PatchSampler(
+        run.train, cfg.model.patch_size_zyx, cfg.data.foreground_fraction, augment, cfg.train.seed + 1000 * run.epoch
+    )
     loader = torch.utils.data.DataLoader(
-        sampler, batch_size=cfg.train.batch_size, num_workers=cfg.train.num_workers, persistent_workers=cfg.train.num_workers > 0
+        sampler,
+        batch_size=cfg.train.batch_size,
+        num_workers=cfg.train.num_workers,
+        persistent_workers=cfg.train.num_workers > 0,
     )
     batches = iter(loader)
     model = run.model
@@ -338,8 +379,7 @@ def run(cfg: ExperimentConfig, resume: bool = False) -> Path:
     fit(r)
     if r.rank == 0:
         summary = {"best_epoch": r.best_epoch, "best_val_dice": r.best_dice, "epochs": r.epoch}
-        (r.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        (r.out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     if r.world > 1:
         torch.distributed.destroy_process_group()
     return r.out
-

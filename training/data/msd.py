@@ -85,7 +85,7 @@ def read_msd(folder: str) -> List[Case]:
     meta_file = root / "dataset.json"
     if meta_file.exists():
         try:
-            meta = json.loads(meta_file.read_text())
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ValueError(f"{meta_file} is not valid JSON: {e}") from None
         train, test = _from_json(meta)

@@ -302,7 +302,7 @@ def _read_overrides(root: Path, overrides: Optional[Mapping[str, Mapping]]) -> D
     file = root / OVERRIDES_FILE
     if file.exists():
         try:
-            data = json.loads(file.read_text())
+            data = json.loads(file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ValueError(f"{file} is not valid JSON: {e}") from None
         merged.update({_canonical_id(k): _normalise_map(v) for k, v in data.items()})

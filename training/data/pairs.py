@@ -42,7 +42,14 @@ def read_pairs(
             matches = [p for p in root.iterdir() if _split_ext(p.name)[0] == f"{case_id}{label_suffix}"]
             label = matches[0] if matches else None
         cases.append(
-            Case(case_id, str(f), str(label) if label else None, dict(label_map), split="train" if label else "test", source=source)
+            Case(
+                case_id,
+                str(f),
+                str(label) if label else None,
+                dict(label_map),
+                split="train" if label else "test",
+                source=source,
+            )
         )
     if not cases:
         raise ValueError(f"no images named *{image_suffix}.<ext> in {folder}")
