@@ -135,7 +135,7 @@ def test_a_few_steps_on_one_batch_lower_the_loss():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0]
 
 
