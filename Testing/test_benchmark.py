@@ -104,13 +104,45 @@ def test_report_has_figures_results_published_table_and_model_facts(tmp_path, ev
     bench = json.loads((tmp_path / "report" / "benchmark.json").read_text(encoding="utf-8"))
     assert bench["model"]["flops_per_patch"] > 0
     assert bench["evaluations"]["eval-synthetic"]["structures"]["prostate"]["dice"]["n"] == 3
-    # every markdown table row has as many cells as its header
-    table = [line for line in text.splitlines() if line.startswith("| evaluation | structure")]
-    assert table and all(
-        line.count("|") == table[0].count("|")
-        for line in text.splitlines()
-        if line.startswith("| eval-synthetic | prostate | 3")
-    )
+    assert "### Anatomical plausibility" in text
+    assert set(bench["evaluations"]["eval-synthetic"]["plausibility"]["prostate"]) == {
+        "n",
+        "volume",
+        "one_component",
+        "every_slice",
+    }
+    # every markdown table row has as many cells as its own table's header
+    header = None
+    rows_checked = 0
+    for line in text.splitlines():
+        if line.startswith("| evaluation | structure"):
+            header = line
+        elif line.startswith("| eval-synthetic | prostate | 3"):
+            assert header is not None and line.count("|") == header.count("|"), line
+            rows_checked += 1
+    assert rows_checked == 2  # the results table and the plausibility table
+
+
+def test_plausibility_names_the_failing_cases_and_skips_unrecorded_checks():
+    from training.benchmark import EvalSet, plausibility
+
+    def row(case, volume, components, missed, structure="prostate"):
+        return {
+            "case_id": case,
+            "structure": structure,
+            "volume_pred_ml": volume,
+            "components": components,
+            "slices_missed": missed,
+        }
+
+    rows = [row("ok", 40.0, 1.0, 0.0), row("tiny", 9.0, 1.0, 0.0), row("split", 60.0, 2.0, 1.0)]
+    rows.append(row("ok", 10.0, 3.0, 0.0, structure="peripheral_zone"))  # zones are not judged as glands
+    checks = plausibility(EvalSet("e", Path("e"), "", rows))
+    assert list(checks) == ["prostate"]
+    assert checks["prostate"] == {"n": 3, "volume": ["tiny"], "one_component": ["split"], "every_slice": ["split"]}
+    old = [{"case_id": "a", "structure": "prostate", "volume_pred_ml": 200.0}]  # an evaluation from before the checks
+    checks = plausibility(EvalSet("old", Path("old"), "", old))["prostate"]
+    assert checks["volume"] == ["a"] and checks["one_component"] is None and checks["every_slice"] is None
 
 
 def test_cli_writes_report_and_reports_bad_input_in_one_line(tmp_path, eval_dir, tiny_package, capsys):

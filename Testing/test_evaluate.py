@@ -77,6 +77,24 @@ def test_transposed_arrays_with_transposed_spacing_give_the_same_metrics():
     assert wrong["hd95_mm"] != pytest.approx(m1["hd95_mm"], rel=0.05)
 
 
+def test_anatomy_checks_count_components_and_missed_reference_slices():
+    from training.evaluate import anatomy_checks
+
+    ref = np.zeros((10, 20, 20), bool)
+    ref[2:8, 5:15, 5:15] = True  # reference on slices 2..7
+    pred = ref.copy()
+    pred[4] = False  # slice 4 missed entirely
+    pred[6, 5:15, 5:15] = False
+    pred[6, 0, 0] = True  # slice 6: a voxel, but off the reference -> missed too
+    m = anatomy_checks(pred, ref)
+    assert m == {"components": 4.0, "ref_slices": 6.0, "slices_missed": 2.0}  # slices 2-3, 5, 7 and the stray voxel
+    # corner-touching voxels are one 26-connected component
+    diag = np.zeros((3, 3, 3), bool)
+    diag[0, 0, 0] = diag[1, 1, 1] = diag[2, 2, 2] = True
+    assert anatomy_checks(diag, diag)["components"] == 1.0
+    assert anatomy_checks(np.zeros_like(ref), ref) == {"components": 0.0, "ref_slices": 6.0, "slices_missed": 6.0}
+
+
 def test_empty_masks_have_documented_values_not_crashes():
     ref = ball((10, 20, 20), (1, 1, 1), (5, 10, 10), 4)
     empty = np.zeros_like(ref)

@@ -163,3 +163,21 @@ def test_to_zip_has_files_at_top_level_and_round_trips(tmp_path, package):
     again = ModelPackage.load(tmp_path / "unzipped", verify=True)
     assert again.info == package.info
     assert sha256_file(tmp_path / "unzipped" / WEIGHTS_FILE) == package.info.weights_sha256
+
+
+def test_to_zip_is_byte_reproducible_whatever_the_file_times(tmp_path, package):
+    import os
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(package.path, copy)
+    for f in copy.iterdir():
+        os.utime(f, (1_000_000_000, 1_000_000_000))  # 2001, unlike the fixture's files
+        f.chmod(0o600)
+    a = package.to_zip(tmp_path / "a.zip")
+    b = ModelPackage.load(copy).to_zip(tmp_path / "b.zip")
+    assert sha256_file(a) == sha256_file(b)
+    with zipfile.ZipFile(b) as z:
+        assert {i.date_time for i in z.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+    (copy / MODEL_JSON).write_text((copy / MODEL_JSON).read_text(encoding="utf-8") + " ", encoding="utf-8")
+    assert sha256_file(ModelPackage.load(copy).to_zip(tmp_path / "c.zip")) != sha256_file(a)

@@ -281,3 +281,39 @@ def test_export_round_trip(tiny_run, tmp_path):
     with zipfile.ZipFile(z) as f:
         assert {"model.json", "weights.safetensors"} <= set(f.namelist())
     assert entry["size"] == z.stat().st_size and len(entry["sha256"]) == 64 and entry["structures"] == ["prostate"]
+
+
+def test_export_cli_last_checkpoint_into_a_catalogue(tiny_run, tmp_path, capsys):
+    from training.export import main
+    from UNetSegmentLib.model_package import ModelPackage, sha256_file
+    from UNetSegmentLib.store import load_catalogue
+
+    catalogue = tmp_path / "catalogue.json"
+    other = {
+        "id": "other-model",
+        "version": "2.0.0",
+        "url": "https://example.org/o.zip",
+        "sha256": "ab" * 32,
+        "size": 1,
+    }
+    stale = {"id": "tiny-run", "version": "0.0.9", "url": "https://example.org/t.zip", "sha256": "cd" * 32, "size": 1}
+    catalogue.write_text(json.dumps({"format_version": 1, "models": [stale, other]}), encoding="utf-8")
+    out = tmp_path / "tiny-run"
+    url = "https://example.org/tiny-run.zip"
+    assert main([str(tiny_run), str(out), "--checkpoint", "last.pt", "--catalogue", str(catalogue), "--url", url]) == 0
+    pkg = ModelPackage.load(out)
+    last = torch.load(tiny_run / "last.pt", map_location="cpu", weights_only=False)
+    assert pkg.info.training["checkpoint"] == "last.pt" and pkg.info.training["epochs"] == last["epoch"]
+    assert all(torch.equal(v, last["model"][k]) for k, v in pkg.build_network().state_dict().items())
+    entries = {e.id: e for e in load_catalogue(str(catalogue))}
+    assert sorted(entries) == ["other-model", "tiny-run"] and entries["other-model"].sha256 == "ab" * 32
+    new = entries["tiny-run"]
+    assert (new.version, new.url) == (pkg.info.version, url)
+    assert (new.sha256, new.size) == (sha256_file(out.with_suffix(".zip")), out.with_suffix(".zip").stat().st_size)
+    # a file that is not a catalogue is not overwritten
+    capsys.readouterr()
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"models": "none"}', encoding="utf-8")
+    assert main([str(tiny_run), str(tmp_path / "again"), "--catalogue", str(bad)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("export.py:") and bad.read_text(encoding="utf-8") == '{"models": "none"}'

@@ -51,6 +51,10 @@ STRUCTURES: Dict[str, Structure] = {s.name: s for s in (PROSTATE, PERIPHERAL_ZON
 #: Structures whose union is the whole gland.
 ZONES = ("peripheral_zone", "transition_zone")
 
+#: Whole-gland volumes (mL) an adult prostate plausibly has, small normal gland to large
+#: benign hyperplasia; a segmentation outside this range is suspect, not necessarily wrong.
+PLAUSIBLE_GLAND_ML = (15.0, 150.0)
+
 #: Anatomical synonyms accepted in label maps of data readers and configs.
 ALIASES: Dict[str, str] = {
     "prostate": "prostate",

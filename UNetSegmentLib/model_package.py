@@ -30,6 +30,9 @@ from .preprocessing import PreprocessingSpec
 
 log = logging.getLogger(__name__)
 
+#: Timestamp of every zip entry (the earliest the zip format holds), so zips are reproducible.
+ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)
+
 FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -279,12 +282,22 @@ class ModelPackage:
         return ModelPackage(folder, info)
 
     def to_zip(self, zip_path: Union[str, Path]) -> Path:
-        """Zip the package folder (files at the zip's top level) and return the zip's path."""
+        """Zip the package folder (files at the zip's top level) and return the zip's path.
+
+        The zip is byte-reproducible: entries sorted by name, stored uncompressed
+        (float weights barely compress, and deflate output differs between zlib
+        builds), with a fixed timestamp and permissions. The same package files
+        therefore give the same sha256 on every machine, which is what lets a
+        catalogue entry be checked against the package in the repository.
+        """
         zip_path = Path(zip_path)
         tmp = zip_path.with_name(zip_path.name + ".part")
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
-            for f in sorted(self.path.rglob("*")):
-                if f.is_file():
-                    z.write(f, f.relative_to(self.path).as_posix())
+        files = sorted((f.relative_to(self.path).as_posix(), f) for f in self.path.rglob("*") if f.is_file())
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
+            for name, f in files:
+                entry = zipfile.ZipInfo(name, date_time=ZIP_TIMESTAMP)
+                entry.external_attr = 0o644 << 16  # rw-r--r--, whatever the local umask
+                entry.create_system = 3  # Unix, also when zipped on Windows
+                z.writestr(entry, f.read_bytes(), compress_type=zipfile.ZIP_STORED)
         os.replace(tmp, zip_path)
         return zip_path

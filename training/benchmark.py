@@ -241,6 +241,67 @@ def _results_table(evals: Sequence[EvalSet]) -> List[str]:
     return lines
 
 
+def plausibility(e: EvalSet) -> Dict[str, Dict[str, Any]]:
+    """Anatomical checks of each whole-gland structure (``prostate`` or ``gland``) of one evaluation.
+
+    Per structure: ``n`` cases and, for each check, the case ids that FAIL it:
+    ``volume`` (predicted volume outside :data:`UNetSegmentLib.labels.PLAUSIBLE_GLAND_ML`),
+    ``one_component`` (not exactly one connected component) and ``every_slice``
+    (a slice holding reference without a predicted voxel on it). A check is
+    ``None`` when the evaluation predates its column in ``per_case.csv``.
+    """
+    from UNetSegmentLib.labels import PLAUSIBLE_GLAND_ML
+
+    lo, hi = PLAUSIBLE_GLAND_ML
+    out: Dict[str, Dict[str, Any]] = {}
+    for s in e.structures:
+        if s not in ("prostate", GLAND):
+            continue
+        rs = [r for r in e.rows if r["structure"] == s]
+        out[s] = {
+            "n": len(rs),
+            "volume": _failing(rs, "volume_pred_ml", lambda v: lo <= v <= hi),
+            "one_component": _failing(rs, "components", lambda v: v == 1),
+            "every_slice": _failing(rs, "slices_missed", lambda v: v == 0),
+        }
+    return out
+
+
+def _failing(rows: Sequence[Dict[str, Any]], column: str, ok) -> Optional[List[str]]:
+    """Case ids of ``rows`` whose ``column`` fails ``ok``; ``None`` when the column was not recorded."""
+    if any(column not in r for r in rows):
+        return None
+    return [r["case_id"] for r in rows if not ok(r[column])]
+
+
+def _plausibility_section(evals: Sequence[EvalSet]) -> List[str]:
+    from UNetSegmentLib.labels import PLAUSIBLE_GLAND_ML
+
+    lo, hi = PLAUSIBLE_GLAND_ML
+    lines = [
+        "### Anatomical plausibility",
+        "",
+        f"Cases passing each check of the whole gland: predicted volume within {lo:g}-{hi:g} mL, exactly one "
+        "connected component (26-connectivity), and a predicted voxel on the reference in every slice that "
+        "holds reference. Failing cases are named.",
+        "",
+        "| evaluation | structure | n | volume plausible | one component | on the gland in every labelled slice |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in evals:
+        for s, checks in plausibility(e).items():
+            cells = []
+            for key in ("volume", "one_component", "every_slice"):
+                failed = checks[key]
+                if failed is None:
+                    cells.append("– (not recorded)")
+                else:
+                    cell = f"{checks['n'] - len(failed)}/{checks['n']}"
+                    cells.append(cell + (f" (fails: {', '.join(failed)})" if failed else ""))
+            lines.append(f"| {e.name} | {s} | {checks['n']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _model_section(facts: Dict[str, Any]) -> List[str]:
     arch = facts["architecture"].get("parameters", {})
     training = facts.get("training", {})
@@ -366,6 +427,8 @@ def write_report(
         "",
         "Values: mean ± sample standard deviation (median) over cases.",
         "",
+        *_plausibility_section(evals),
+        "",
         f"![Dice per case]({rel['dice']})",
         f"![HD95 per case]({rel['hd95']})",
         "",
@@ -380,7 +443,12 @@ def write_report(
     lines += published + [""] + _model_section(facts) + [""] + _cases_section(evals) + [""]
     report = out / "report.md"
     report.write_text("\n".join(lines), encoding="utf-8")
-    bench = {"model": facts, "evaluations": {e.name: _summary(e) for e in evals}, "published": records, "figures": rel}
+    bench = {
+        "model": facts,
+        "evaluations": {e.name: {**_summary(e), "plausibility": plausibility(e)} for e in evals},
+        "published": records,
+        "figures": rel,
+    }
     (out / "benchmark.json").write_text(json.dumps(bench, indent=2, default=_json_default) + "\n", encoding="utf-8")
     return report
 

@@ -19,7 +19,10 @@ reference was drawn on), in mm on the true voxel spacing:
 - Dice (MONAI ``DiceMetric``);
 - 95th-percentile symmetric Hausdorff distance, mm (``HausdorffDistanceMetric(percentile=95)``);
 - average symmetric surface distance, mm (``SurfaceDistanceMetric(symmetric=True)``);
-- volumes of prediction and reference, their difference in mL and in % of the reference.
+- volumes of prediction and reference, their difference in mL and in % of the reference;
+- anatomical checks: the prediction's number of 26-connected components, the
+  number of slices (numpy axis 0, the image's slice axis) holding reference,
+  and how many of those the prediction misses (no voxel on the reference there).
 
 Structures compared: each structure the model outputs that the reference
 has; ``prostate`` against the union of the reference's zones; and ``gland``
@@ -73,12 +76,26 @@ COLUMNS = (
     "volume_ref_ml",
     "volume_diff_ml",
     "volume_diff_pct",
+    "components",
+    "ref_slices",
+    "slices_missed",
     "seconds",
     "image",
     "label",
 )
 #: Metrics summarised in ``summary.json``.
-METRICS = ("dice", "hd95_mm", "asd_mm", "volume_pred_ml", "volume_ref_ml", "volume_diff_ml", "volume_diff_pct")
+METRICS = (
+    "dice",
+    "hd95_mm",
+    "asd_mm",
+    "volume_pred_ml",
+    "volume_ref_ml",
+    "volume_diff_ml",
+    "volume_diff_pct",
+    "components",
+    "ref_slices",
+    "slices_missed",
+)
 #: Name of the whole-gland comparison for zonal models.
 GLAND = "gland"
 SPLITS = ("validation", "test", "train", "all")
@@ -111,6 +128,7 @@ def compare_masks(pred_zyx: np.ndarray, ref_zyx: np.ndarray, spacing_zyx_mm: Seq
         "volume_ref_ml": v_ref,
         "volume_diff_ml": v_pred - v_ref,
         "volume_diff_pct": 100.0 * (v_pred - v_ref) / v_ref if v_ref > 0 else math.nan,
+        **anatomy_checks(pred, ref),
     }
     if not pred.any() and not ref.any():
         out.update(dice=1.0, hd95_mm=0.0, asd_mm=0.0)
@@ -133,6 +151,28 @@ def compare_masks(pred_zyx: np.ndarray, ref_zyx: np.ndarray, spacing_zyx_mm: Seq
         asd_mm=_finite(float(asd.flatten()[0])),
     )
     return out
+
+
+def anatomy_checks(pred_zyx: np.ndarray, ref_zyx: np.ndarray) -> Dict[str, float]:
+    """Connected components of the prediction and its coverage of the reference, slice by slice.
+
+    ``components``: 26-connected components of ``pred_zyx``; ``ref_slices``: slices
+    along axis 0 (z, the image's slice axis) holding reference voxels;
+    ``slices_missed``: how many of those have no predicted voxel on the reference.
+    Floats, so they summarise like the other metrics.
+    """
+    from scipy import ndimage
+
+    pred = np.asarray(pred_zyx, dtype=bool)
+    ref = np.asarray(ref_zyx, dtype=bool)
+    _, n = ndimage.label(pred, structure=np.ones((3, 3, 3), dtype=bool))
+    labelled = ref.any(axis=(1, 2))
+    hit = (pred & ref).any(axis=(1, 2))
+    return {
+        "components": float(n),
+        "ref_slices": float(labelled.sum()),
+        "slices_missed": float((labelled & ~hit).sum()),
+    }
 
 
 def _finite(v: float) -> float:

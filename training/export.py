@@ -2,7 +2,11 @@
 
 Reads the run's ``config.yaml``, ``best.pt``, ``summary.json`` and
 ``split.csv``; writes ``OUT_DIR`` (weights.safetensors + model.json) and, with
-``--zip``, ``OUT_DIR.zip`` plus a catalogue entry (JSON) with its sha256.
+``--zip``, ``OUT_DIR.zip`` plus a catalogue entry (JSON) with its sha256;
+``--catalogue FILE`` also puts that entry into a catalogue file, replacing the
+model's earlier entry there. ``--checkpoint last.pt`` exports the end of the
+schedule instead of the epoch with the best validation Dice, so that Dice
+measured on the validation cases is not inflated by choosing among epochs.
 """
 
 from __future__ import annotations
@@ -86,6 +90,7 @@ def export_run(
         training={
             "experiment": cfg.name,
             "epochs": state.get("epoch"),
+            "checkpoint": checkpoint,
             "best_validation_dice": summary.get("best_val_dice", state.get("best_dice")),
             "data": split,
             "metrics": metrics or {},
@@ -117,6 +122,22 @@ def catalogue_entry(zip_path: Path, package, url: str) -> Dict[str, Any]:
     }
 
 
+def update_catalogue(catalogue: Path, entry: Dict[str, Any]) -> None:
+    """Put ``entry`` into the catalogue file (created when absent), replacing any entry of the same model id."""
+    from UNetSegmentLib.store import CATALOGUE_FORMAT_VERSION, parse_catalogue
+
+    doc: Dict[str, Any] = {"format_version": CATALOGUE_FORMAT_VERSION, "models": []}
+    if catalogue.exists():
+        doc = json.loads(catalogue.read_text(encoding="utf-8"))
+        parse_catalogue(doc, name=str(catalogue))  # refuse to rewrite a file that is not a catalogue
+    models = [m for m in doc.get("models", []) if m.get("id") != entry["id"]] + [entry]
+    doc["models"] = sorted(models, key=lambda m: m["id"])
+    parse_catalogue(doc, name=str(catalogue))
+    tmp = catalogue.with_name(catalogue.name + ".part")
+    tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(catalogue)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Export a training run as a UNetSegment model package.")
     p.add_argument("run_dir", type=Path)
@@ -124,21 +145,33 @@ def main(argv=None) -> int:
     p.add_argument("--metrics", type=Path, help="JSON of evaluation metrics to record in model.json")
     p.add_argument("--zip", action="store_true", help="also write OUT_DIR.zip and OUT_DIR.catalogue.json")
     p.add_argument("--url", default="", help="download URL recorded in the catalogue entry")
+    p.add_argument("--catalogue", type=Path, help="catalogue JSON to put the entry in (implies --zip)")
+    p.add_argument(
+        "--checkpoint",
+        default="best.pt",
+        choices=("best.pt", "last.pt"),
+        help="best.pt (best validation Dice, default) or last.pt (end of the schedule)",
+    )
     args = p.parse_args(argv)
+    from UNetSegmentLib.model_package import ModelPackageError
+
     try:
         metrics = json.loads(args.metrics.read_text(encoding="utf-8")) if args.metrics else None
-        pkg = export_run(args.run_dir, args.out_dir, metrics)
-    except (OSError, ValueError, KeyError) as e:
+        pkg = export_run(args.run_dir, args.out_dir, metrics, checkpoint=args.checkpoint)
+        print(f"model package: {pkg.path} (sha256 of weights {pkg.info.weights_sha256[:12]}...)")
+        if args.zip or args.catalogue:
+            z = pkg.to_zip(args.out_dir.with_suffix(".zip"))
+            entry = catalogue_entry(z, pkg, args.url or z.name)
+            (args.out_dir.parent / f"{args.out_dir.name}.catalogue.json").write_text(
+                json.dumps(entry, indent=2) + "\n", encoding="utf-8"
+            )
+            print(f"zip: {z} (sha256 {entry['sha256'][:12]}..., {entry['size']} bytes)")
+            if args.catalogue:
+                update_catalogue(args.catalogue, entry)
+                print(f"catalogue: {args.catalogue} lists {entry['id']} {entry['version']}")
+    except (OSError, ValueError, KeyError, ModelPackageError) as e:
         print(f"export.py: {e}", file=sys.stderr)
         return 1
-    print(f"model package: {pkg.path} (sha256 of weights {pkg.info.weights_sha256[:12]}...)")
-    if args.zip:
-        z = pkg.to_zip(args.out_dir.with_suffix(".zip"))
-        entry = catalogue_entry(z, pkg, args.url or z.name)
-        (args.out_dir.parent / f"{args.out_dir.name}.catalogue.json").write_text(
-            json.dumps(entry, indent=2) + "\n", encoding="utf-8"
-        )
-        print(f"zip: {z} (sha256 {entry['sha256'][:12]}..., {entry['size']} bytes)")
     return 0
 
 
