@@ -310,6 +310,24 @@ def test_export_cli_last_checkpoint_into_a_catalogue(tiny_run, tmp_path, capsys)
     new = entries["tiny-run"]
     assert (new.version, new.url) == (pkg.info.version, url)
     assert (new.sha256, new.size) == (sha256_file(out.with_suffix(".zip")), out.with_suffix(".zip").stat().st_size)
+    # evaluation results recorded from evaluate.py folders
+    from training.evaluate import summarize
+
+    rows = [
+        {"case_id": c, "structure": "prostate", "dice": d, "hd95_mm": 3.0, "asd_mm": 1.0, "seconds": 2.0}
+        for c, d in (("a", 0.8), ("b", 0.9))
+    ]
+    for r in rows:
+        r.update({k: 0.0 for k in ("volume_pred_ml", "volume_ref_ml", "volume_diff_ml", "volume_diff_pct")})
+        r.update(components=1.0, ref_slices=5.0, slices_missed=0.0)
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    (ev / "summary.json").write_text(json.dumps({**summarize(rows), "data": "two cases"}), encoding="utf-8")
+    assert main([str(tiny_run), str(tmp_path / "with-eval"), "--eval", f"val={ev}"]) == 0
+    recorded = ModelPackage.load(tmp_path / "with-eval").info.training["metrics"]["val"]
+    assert recorded["dice"] == pytest.approx(0.85) and recorded["cases"] == ["a", "b"]
+    assert recorded["structures"]["prostate"]["dice_sd"] == pytest.approx(0.0707, abs=1e-4)
+    assert main([str(tiny_run), str(tmp_path / "x"), "--eval", "no-equals-sign"]) == 1
     # a file that is not a catalogue is not overwritten
     capsys.readouterr()
     bad = tmp_path / "bad.json"

@@ -122,6 +122,36 @@ def catalogue_entry(zip_path: Path, package, url: str) -> Dict[str, Any]:
     }
 
 
+def metrics_from_evaluation(eval_dir: Path) -> Dict[str, Any]:
+    """The headline numbers of an ``evaluate.py`` output folder, as recorded in ``model.json``.
+
+    ``{"n_cases", "cases", "data", "dice" (whole gland, when compared), "structures":
+    {name: {"dice", "dice_sd", "hd95_mm", "asd_mm", "volume_diff_ml"}}}``: means over
+    cases, rounded to 4 decimals.
+    """
+    summary = json.loads((Path(eval_dir) / "summary.json").read_text(encoding="utf-8"))
+
+    def mean(d: Dict[str, Any], key: str = "mean") -> Optional[float]:
+        return None if d.get(key) is None else round(float(d[key]), 4)
+
+    structures = {
+        name: {
+            "dice": mean(s["dice"]),
+            "dice_sd": mean(s["dice"], "std"),
+            "hd95_mm": mean(s["hd95_mm"]),
+            "asd_mm": mean(s["asd_mm"]),
+            "volume_diff_ml": mean(s["volume_diff_ml"]),
+        }
+        for name, s in summary["structures"].items()
+    }
+    out: Dict[str, Any] = {"n_cases": summary["n_cases"], "cases": summary["cases"], "data": summary.get("data", "")}
+    gland = next((structures[k] for k in ("prostate", "gland") if k in structures), None)
+    if gland is not None:
+        out["dice"] = gland["dice"]
+    out["structures"] = structures
+    return out
+
+
 def update_catalogue(catalogue: Path, entry: Dict[str, Any]) -> None:
     """Put ``entry`` into the catalogue file (created when absent), replacing any entry of the same model id."""
     from UNetSegmentLib.store import CATALOGUE_FORMAT_VERSION, parse_catalogue
@@ -143,6 +173,13 @@ def main(argv=None) -> int:
     p.add_argument("run_dir", type=Path)
     p.add_argument("out_dir", type=Path)
     p.add_argument("--metrics", type=Path, help="JSON of evaluation metrics to record in model.json")
+    p.add_argument(
+        "--eval",
+        action="append",
+        default=[],
+        metavar="NAME=EVAL_DIR",
+        help="record the results of an evaluate.py folder under NAME in model.json (repeatable)",
+    )
     p.add_argument("--zip", action="store_true", help="also write OUT_DIR.zip and OUT_DIR.catalogue.json")
     p.add_argument("--url", default="", help="download URL recorded in the catalogue entry")
     p.add_argument("--catalogue", type=Path, help="catalogue JSON to put the entry in (implies --zip)")
@@ -156,7 +193,12 @@ def main(argv=None) -> int:
     from UNetSegmentLib.model_package import ModelPackageError
 
     try:
-        metrics = json.loads(args.metrics.read_text(encoding="utf-8")) if args.metrics else None
+        metrics = json.loads(args.metrics.read_text(encoding="utf-8")) if args.metrics else {}
+        for item in args.eval:
+            name, sep, folder = item.partition("=")
+            if not sep or not name or not folder:
+                raise ValueError(f"--eval {item!r} is not NAME=EVAL_DIR")
+            metrics[name] = metrics_from_evaluation(Path(folder))
         pkg = export_run(args.run_dir, args.out_dir, metrics, checkpoint=args.checkpoint)
         print(f"model package: {pkg.path} (sha256 of weights {pkg.info.weights_sha256[:12]}...)")
         if args.zip or args.catalogue:
