@@ -323,7 +323,11 @@ def test_export_cli_last_checkpoint_into_a_catalogue(tiny_run, tmp_path, capsys)
     ev = tmp_path / "eval"
     ev.mkdir()
     (ev / "summary.json").write_text(json.dumps({**summarize(rows), "data": "two cases"}), encoding="utf-8")
-    assert main([str(tiny_run), str(tmp_path / "with-eval"), "--eval", f"val={ev}"]) == 0
+    card = tmp_path / "card.md"
+    card.write_text("# Model card\n", encoding="utf-8")
+    argv = [str(tiny_run), str(tmp_path / "with-eval"), "--eval", f"val={ev}", "--add", f"README.md={card}"]
+    assert main(argv) == 0
+    assert (tmp_path / "with-eval" / "README.md").read_text(encoding="utf-8") == "# Model card\n"
     recorded = ModelPackage.load(tmp_path / "with-eval").info.training["metrics"]["val"]
     assert recorded["dice"] == pytest.approx(0.85) and recorded["cases"] == ["a", "b"]
     assert recorded["structures"]["prostate"]["dice_sd"] == pytest.approx(0.0707, abs=1e-4)

@@ -182,6 +182,13 @@ def main(argv=None) -> int:
     )
     p.add_argument("--zip", action="store_true", help="also write OUT_DIR.zip and OUT_DIR.catalogue.json")
     p.add_argument("--url", default="", help="download URL recorded in the catalogue entry")
+    p.add_argument(
+        "--add",
+        action="append",
+        default=[],
+        metavar="[NAME=]FILE",
+        help="copy FILE into the package (as NAME), e.g. README.md=card.md for the model card (repeatable)",
+    )
     p.add_argument("--catalogue", type=Path, help="catalogue JSON to put the entry in (implies --zip)")
     p.add_argument(
         "--checkpoint",
@@ -199,7 +206,14 @@ def main(argv=None) -> int:
             if not sep or not name or not folder:
                 raise ValueError(f"--eval {item!r} is not NAME=EVAL_DIR")
             metrics[name] = metrics_from_evaluation(Path(folder))
-        pkg = export_run(args.run_dir, args.out_dir, metrics, checkpoint=args.checkpoint)
+        extra: Dict[str, Path] = {}
+        for item in args.add:
+            name, sep, src = item.partition("=")
+            path = Path(src if sep else item)
+            if not path.is_file():
+                raise FileNotFoundError(f"--add {item}: {path} is not a file")
+            extra[name if sep else path.name] = path
+        pkg = export_run(args.run_dir, args.out_dir, metrics, checkpoint=args.checkpoint, extra_files=extra)
         print(f"model package: {pkg.path} (sha256 of weights {pkg.info.weights_sha256[:12]}...)")
         if args.zip or args.catalogue:
             z = pkg.to_zip(args.out_dir.with_suffix(".zip"))
