@@ -280,3 +280,20 @@ def test_full_resolution_maps_exist_for_one_label_at_a_time(tmp_path, monkeypatc
     assert dtype == np.uint8 and shape == model_shape
     assert all(s[2:] == model_shape for s in softmax_shapes) and np.prod(model_shape) * 20 < np.prod(image.GetSize())
     assert input_grid_resamples == [(sitk.sitkFloat32, 1)] * 2  # one indicator per label, one after the other
+
+
+def test_labels_to_input_writes_nothing_outside_the_labels():
+    """Regression: a numpy view of a temporary resampled image read freed memory (stray voxels, crashes)."""
+    from scipy import ndimage
+
+    from UNetSegmentLib.preprocessing import PreprocessingSpec, model_grid
+
+    img = sitk.Image([384, 384, 24], sitk.sitkFloat32)
+    img.SetSpacing((0.5, 0.5, 3.0))
+    grid = model_grid(img, PreprocessingSpec(spacing_xyz_mm=(1.0, 1.0, 3.0)))
+    for _ in range(5):
+        labels = np.zeros(grid.shape_zyx, np.uint8)
+        labels[5:15, 50:100, 50:100] = 1
+        out = sitk.GetArrayFromImage(grid.labels_to_input(labels, [1]))
+        _, n = ndimage.label(out == 1, structure=np.ones((3, 3, 3), bool))
+        assert n == 1 and not out[:, :90, :].any() and not out[:, :, :90].any()

@@ -548,7 +548,7 @@ def cmd_demo(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cance
         job, image, [], predictor, reporter, cancel, t_start, extra_images=[(image, sample), (truth, reference)]
     )
     reporter.result(result)
-    pred = sitk.GetArrayViewFromImage(io.read_image(job.labelmap)) > 0
+    pred = sitk.GetArrayFromImage(io.read_image(job.labelmap)) > 0  # a copy: the image is a temporary
     gland = sitk.GetArrayViewFromImage(truth) > 0
     dice = 2.0 * np.count_nonzero(pred & gland) / max(np.count_nonzero(pred) + np.count_nonzero(gland), 1)
     print(

@@ -113,9 +113,9 @@ class ModelGrid:
         out = np.zeros((z, y, x), dtype=np.uint8)
         for v in values:
             indicator = sitk.Cast(sitk.BinaryThreshold(src, int(v), int(v), 1, 0), sitk.sitkFloat32)
-            res = sitk.GetArrayViewFromImage(
-                sitk.Resample(indicator, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-            )
+            # keep the resampled image alive: a numpy view of a temporary image reads freed memory
+            resampled = sitk.Resample(indicator, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+            res = sitk.GetArrayViewFromImage(resampled)
             better = res > best
             out[better] = v
             best[better] = res[better]
