@@ -86,7 +86,8 @@ def test_using_the_module_keeps_torch_out_of_slicers_process(tmp_path):
         module = importModule()
         logic = module.UNetSegmentLogic()
         choices = logic.modelChoices()
-        labels = logic.modelLabels("prostate-wholegland-t2", {{"id": "prostate-wholegland-t2", "version": "1.0.0"}}) if any(c.installed for c in choices) else []
+        default = next((c for c in choices if c.installed and c.id == "prostate-wholegland-t2"), None)
+        labels = logic.modelLabels(default.id, {{"id": default.id, "version": default.version}}) if default else []
         logic.versionLines()
         makeInputVolume(slicer)
         print("torch" in sys.modules, "monai" in sys.modules, len(choices))

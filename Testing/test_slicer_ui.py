@@ -236,12 +236,20 @@ def test_a_missing_dependency_is_reported_before_anything_runs(slicer_env, monke
     assert slicer.app.overrideCursorDepth == 0
 
 
+def _bundled_default_spec() -> str:
+    from UNetSegmentLib.model_package import ModelPackage
+    from UNetSegmentLib.store import BUNDLED_DIR, DEFAULT_MODEL_ID
+
+    return f"{DEFAULT_MODEL_ID}@{ModelPackage.load(BUNDLED_DIR / DEFAULT_MODEL_ID).info.version}"
+
+
 def test_advanced_actions(slicer_env, tiny_package):
     import qt
 
     slicer = slicer_env.slicer
     w = _widget(slicer_env)
-    assert [w.ui.modelComboBox.itemData(i) for i in range(w.ui.modelComboBox.count)] == ["prostate-wholegland-t2@1.0.0"]
+    bundled = _bundled_default_spec()
+    assert [w.ui.modelComboBox.itemData(i) for i in range(w.ui.modelComboBox.count)] == [bundled]
 
     qt.QFileDialog.nextFileNames.append(str(tiny_package.to_zip(slicer_env.tmp / "tiny.zip")))
     w.ui.importModelButton.click()
@@ -256,7 +264,7 @@ def test_advanced_actions(slicer_env, tiny_package):
     w.ui.clearCacheButton.click()
     assert w.ui.modelComboBox.count == 2
     w.ui.clearCacheButton.click()
-    assert w.ui.modelComboBox.count == 1 and w._parameterNode.modelSpec == "prostate-wholegland-t2@1.0.0"
+    assert w.ui.modelComboBox.count == 1 and w._parameterNode.modelSpec == bundled
     assert w.ui.modelComboBox.currentText.startswith("Prostate whole gland")
 
     w.logic.processFactory = lambda: FakeProcess()

@@ -170,9 +170,13 @@ def test_default_cache_root_follows_environment(monkeypatch, tmp_path):
 
 
 def test_builtin_catalogue_lists_the_default_model():
+    from UNetSegmentLib.model_package import ModelPackage
+    from UNetSegmentLib.store import BUNDLED_DIR
+
+    version = ModelPackage.load(BUNDLED_DIR / DEFAULT_MODEL_ID).info.version
     entries = {(e.id, e.version): e for e in load_catalogue()}
-    entry = entries[(DEFAULT_MODEL_ID, "1.0.0")]
-    assert entry.url.endswith("/v1.0.0/prostate-wholegland-t2-1.0.0.zip")
+    entry = entries[(DEFAULT_MODEL_ID, version)]
+    assert entry.url.endswith(f"/v{version}/prostate-wholegland-t2-{version}.zip")
     assert entry.structures == ["prostate"]
 
 
