@@ -641,7 +641,10 @@ class UNetSegmentTest(ScriptedLoadableModuleTest):
         spacing = inputVolume.GetSpacing()
         voxelMl = spacing[0] * spacing[1] * spacing[2] / 1000.0
         glandMl = float(mask.sum()) * voxelMl
-        self.assertTrue(15.0 <= glandMl <= 150.0, f"implausible gland volume {glandMl:.1f} mL")
+        from UNetSegmentLib.labels import PLAUSIBLE_GLAND_ML
+
+        low, high = PLAUSIBLE_GLAND_ML
+        self.assertTrue(low <= glandMl <= high, f"implausible gland volume {glandMl:.1f} mL")
         reported = logic.lastRun.result["volumes_ml"]["prostate"]
         self.assertAlmostEqual(glandMl, reported, delta=0.02 * reported + 0.1)
         self.delayDisplay(f"Test passed: prostate {glandMl:.1f} mL")

@@ -63,26 +63,6 @@ from training.data import Case  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-#: Columns of ``per_case.csv``, in order.
-COLUMNS = (
-    "case_id",
-    "group",
-    "source",
-    "structure",
-    "dice",
-    "hd95_mm",
-    "asd_mm",
-    "volume_pred_ml",
-    "volume_ref_ml",
-    "volume_diff_ml",
-    "volume_diff_pct",
-    "components",
-    "ref_slices",
-    "slices_missed",
-    "seconds",
-    "image",
-    "label",
-)
 #: Metrics summarised in ``summary.json``.
 METRICS = (
     "dice",
@@ -96,6 +76,8 @@ METRICS = (
     "ref_slices",
     "slices_missed",
 )
+#: Columns of ``per_case.csv``, in order.
+COLUMNS = ("case_id", "group", "source", "structure", *METRICS, "seconds", "image", "label")
 #: Name of the whole-gland comparison for zonal models.
 GLAND = "gland"
 SPLITS = ("validation", "test", "train", "all")
