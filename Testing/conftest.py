@@ -29,7 +29,12 @@ def shared_data() -> Path:
 
 
 def make_tiny_package(
-    folder: Path, structures=("prostate",), seed: int = 0, spacing_xyz=(2.0, 2.0, 4.0), patch_zyx=(8, 32, 32)
+    folder: Path,
+    structures=("prostate",),
+    seed: int = 0,
+    spacing_xyz=(2.0, 2.0, 4.0),
+    patch_zyx=(8, 32, 32),
+    test_time_flips=("x",),
 ):
     """A model package with random weights and a tiny network: fast, real format, meaningless output."""
     import torch
@@ -49,7 +54,7 @@ def make_tiny_package(
         description="random weights, for tests only",
         architecture={"name": "UNet3D", "parameters": cfg.to_dict()},
         preprocessing=PreprocessingSpec(spacing_xyz),
-        inference=InferenceSpec(patch_zyx, 0.25),
+        inference=InferenceSpec(patch_zyx, 0.25, test_time_flips=tuple(test_time_flips)),
         labels=tuple(LabelEntry(i + 1, structure(s)) for i, s in enumerate(structures)),
         license={"code": "Apache-2.0", "weights": "CC0-1.0 (random)"},
     )

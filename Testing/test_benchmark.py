@@ -49,6 +49,11 @@ def test_published_results_match_only_the_same_case_or_dataset():
     # a zonal model's "gland" row answers a whole-gland published result
     gland = [_row("px", 0.75, structure="gland", image=px["image"], label=px["label"])]
     assert match_published(taps_guerbet, [EvalSet("z", Path("z"), "", gland)])[1] == pytest.approx(0.75)
+    # the same patients evaluated again (another --quality) count once, from the first evaluation
+    again = EvalSet(
+        "c", Path("c"), "", [_row("Case01", 0.5, source="promise12"), _row("Case03", 0.6, source="promise12")]
+    )
+    assert match_published(vnet, [*evals, again]) == ("same dataset, other cases", pytest.approx(2.2 / 3), 3)
 
 
 def _pairs(folder: Path, n: int = 3) -> Path:

@@ -318,7 +318,9 @@ def test_network_main_tiny(tmp_path, tiny_package):
     patch = tiny_package.info.inference.patch_size_zyx
     shape, _ = preprocess_image(image, tiny_package.info.preprocessing)
     net = res["network"]
-    assert net["windows"] == window_count(shape.shape, patch, tiny_package.info.inference.overlap)
+    # standard quality: the plain pass and the package's one test-time flip (x)
+    assert net["passes"] == 2 and tiny_package.info.inference.test_time_flips == ("x",)
+    assert net["windows"] == 2 * window_count(shape.shape, patch, tiny_package.info.inference.overlap)
     assert net["flops_per_forward"] == conv_flops(tiny_package.build_network(), patch)
     assert net["flops_per_image"] == net["flops_per_forward"] * net["windows"] and net["dtype"] == "float32"
     assert net["inference_s"]["n"] == 1 and net["predict_cpu_s"]["n"] == 1 and net["forward_gflops"] > 0

@@ -161,15 +161,19 @@ def test_machine_progress_lines_follow_the_protocol(capsys, tmp_path, t2, tiny_p
     assert result == json.loads((tmp_path / "v.json").read_text(encoding="utf-8"))
 
 
-@pytest.mark.parametrize("quality, tta", [("fast", False), ("standard", False), ("best", True)])
-def test_quality_presets(capsys, tmp_path, t2, tiny_package, quality, tta):
+@pytest.mark.parametrize("quality", ["fast", "standard", "best"])
+def test_quality_presets(capsys, tmp_path, t2, tiny_package, quality):
     code, _, _ = seg(
         capsys, tiny_package, t2, "-o", tmp_path / "o.nrrd", "--quality", quality, "--volumes-json", tmp_path / "v.json"
     )
     assert code == EXIT_OK
-    assert json.loads((tmp_path / "v.json").read_text(encoding="utf-8"))["tta"] is tta
-    assert cli.quality_settings(quality, False) == ({"fast": 0.25}.get(quality), tta)
-    assert cli.quality_settings("fast", True) == (0.25, True)
+    assert json.loads((tmp_path / "v.json").read_text(encoding="utf-8"))["quality"] == quality
+
+
+def test_the_command_line_knows_every_quality_of_the_library():
+    from UNetSegmentLib.inference import QUALITIES
+
+    assert cli.QUALITIES == QUALITIES
 
 
 def test_threads_and_precision_options_run(capsys, tmp_path, t2, tiny_package):

@@ -209,14 +209,56 @@ def _inference_reports(predictor, image):
     return result, [f for s, f in reports if s == "inference"]
 
 
-def test_tta_runs_three_passes(tiny_package):
+@pytest.mark.parametrize(
+    ("quality", "passes", "overlap"), [("standard", 2, None), ("best", 2, 0.75), ("fast", 1, 0.25)]
+)
+def test_qualities_run_their_test_time_flips(tiny_package, quality, passes, overlap):
     image = synthetic_image()
-    plain, plain_reports = _inference_reports(Predictor(tiny_package, device="cpu"), image)
-    tta, tta_reports = _inference_reports(Predictor(tiny_package, device="cpu", tta=True), image)
-    # one report before the first window, then one per window: TTA runs the windows three times
-    assert len(tta_reports) - 1 == 3 * (len(plain_reports) - 1)
-    assert tta_reports[-1] == 1.0 and tta_reports == sorted(tta_reports)
-    assert tta.labelmap.GetSize() == plain.labelmap.GetSize()
+    predictor = Predictor(tiny_package, device="cpu", quality=quality)
+    assert tiny_package.info.inference.test_time_flips == ("x",)
+    assert predictor.overlap == (tiny_package.info.inference.overlap if overlap is None else overlap)
+    result, reports = _inference_reports(predictor, image)
+    # one report before the first window, then one per window and pass
+    grid_shape = preprocess_image(image, tiny_package.info.preprocessing)[0].shape
+    patch = tiny_package.info.inference.patch_size_zyx
+    assert len(reports) - 1 == passes * window_count(grid_shape, patch, predictor.overlap)
+    assert reports[-1] == 1.0 and reports == sorted(reports)
+    assert result.labelmap.GetSize() == image.GetSize()
+
+
+def test_every_combination_of_the_models_flip_axes_is_a_pass(tmp_path):
+    pkg = make_tiny_package(tmp_path / "xy", test_time_flips=("y", "x"))
+    assert Predictor(pkg, device="cpu").flips == ((3,), (4,), (3, 4))
+    assert Predictor(pkg, device="cpu", quality="fast").flips == ()
+    assert Predictor(make_tiny_package(tmp_path / "none", test_time_flips=()), device="cpu").flips == ()
+
+
+def test_flips_are_undone_before_averaging(tmp_path):
+    """A voxel-wise network commutes with flips, so on an asymmetric image every quality gives the same labels;
+    averaging flipped outputs without flipping them back would mirror part of the segmentation."""
+    pkg = make_tiny_package(tmp_path / "xyz", test_time_flips=("x", "y", "z"))
+    array = np.zeros((16, 64, 64), np.float32)
+    array[4:12, 10:30, 5:25] = 100.0  # bright block off-centre in x, y and z
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.0, 1.0, 3.0))
+    voxelwise = torch.nn.Conv3d(1, 2, 1)
+    with torch.no_grad():
+        voxelwise.weight[:] = torch.tensor([-1.0, 1.0]).view(2, 1, 1, 1, 1)
+        voxelwise.bias[:] = torch.tensor([0.0, -0.5])
+    labels = {}
+    for quality in ("fast", "standard", "best"):
+        predictor = Predictor(pkg, device="cpu", quality=quality, precision="float32")
+        predictor.network = voxelwise
+        labels[quality] = sitk.GetArrayFromImage(predictor.predict(image).labelmap)
+    assert len(Predictor(pkg, device="cpu").flips) == 7
+    assert labels["fast"].sum() > 0 and not np.array_equal(labels["fast"], labels["fast"][:, :, ::-1])
+    assert np.array_equal(labels["standard"], labels["fast"])
+    assert np.array_equal(labels["best"], labels["fast"])
+
+
+def test_unknown_quality_is_refused(tiny_package):
+    with pytest.raises(ValueError, match="quality must be one of"):
+        Predictor(tiny_package, device="cpu", quality="ultra")
 
 
 def test_cancel_raises_cancelled_error(tiny_package):

@@ -45,6 +45,16 @@ def test_write_load_round_trip(package):
     assert not list(package.path.glob("*.tmp"))
 
 
+def test_test_time_flips_round_trip_and_default_to_none(package):
+    assert package.info.inference.test_time_flips == ("x",)
+    assert package.info.to_dict()["inference"]["test_time_flips"] == ["x"]
+    _edit_model_json(package, lambda d: d["inference"].update(test_time_flips=["z", "x"]))
+    assert ModelPackage.load(package.path, verify=False).info.inference.test_time_flips == ("z", "x")
+    # model.json written before the field existed: no flips, since none is known to be safe
+    _edit_model_json(package, lambda d: d["inference"].pop("test_time_flips"))
+    assert ModelPackage.load(package.path, verify=False).info.inference.test_time_flips == ()
+
+
 def test_write_copies_extra_files(tmp_path, package):
     card = tmp_path / "card.md"
     card.write_text("# Model card\n", encoding="utf-8")
@@ -88,6 +98,9 @@ def test_missing_weights_sha256_is_refused(package):
         (lambda d: d.update(labels=[]), "non-empty"),
         (lambda d: d["preprocessing"].update(spacing_xyz_mm=[1, 1]), "malformed: ValueError"),
         (lambda d: d["inference"].update(patch_size_zyx="big"), "malformed"),
+        (lambda d: d["inference"].update(overlap=1.0), "overlap must be in"),
+        (lambda d: d["inference"].update(test_time_flips=["left-right"]), "test_time_flips must be distinct axes"),
+        (lambda d: d["inference"].update(test_time_flips=["x", "x"]), "test_time_flips must be distinct axes"),
     ],
 )
 def test_malformed_model_json(package, edit, message):

@@ -95,7 +95,7 @@ def test_panel_binds_to_the_parameter_node_both_ways(slicer_env):
     w.ui.deviceComboBox.currentIndex = 1
     assert p.device is module.Device.CPU
     p.quality = module.Quality.BEST
-    assert w.ui.qualityComboBox.currentText == "Best (test-time augmentation)"
+    assert w.ui.qualityComboBox.currentText == "Best (denser windows, slowest)"
     w.ui.show3DCheckBox.checked = False
     assert p.show3D is False
     seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")

@@ -237,6 +237,47 @@ def test_resume_restores_weights_optimizer_counters_and_rng(tiny_run, tmp_path):
     assert torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)["epoch"] == 2
 
 
+def test_init_from_a_checkpoint_or_package_starts_a_fresh_schedule_from_those_weights(tiny_run, tmp_path):
+    from training.config import ConfigError
+    from training.export import export_run
+    from training.trainer import build
+
+    saved = torch.load(tiny_run / "last.pt", map_location="cpu", weights_only=False)
+    package = export_run(tiny_run, tmp_path / "pkg", checkpoint="last.pt")
+    for source in (tiny_run / "last.pt", package.path):
+        cfg = load_config(
+            tiny_run / "config.yaml", [f"train.init_from={source}", f"output_dir={tmp_path / ('ft-' + source.name)}"]
+        )
+        r = build(cfg, resume=False)
+        assert (r.epoch, r.best_epoch) == (0, -1)  # a new run: epochs and schedule start afresh
+        assert r.optimizer.state_dict()["state"] == {}
+        for k, v in r.model.state_dict().items():
+            assert torch.equal(v.cpu(), saved["model"][k]), k
+    # the package records where its weights started
+    ft = build(
+        load_config(tiny_run / "config.yaml", [f"train.init_from={package.path}", f"output_dir={tmp_path / 'ft2'}"]),
+        resume=False,
+    )
+    from training.trainer import fit
+
+    fit(ft)
+    assert export_run(ft.out, tmp_path / "ft-pkg").info.training["initialized_from"] == str(package.path)
+    # an architecture that does not match, or a missing file, is a plain config error
+    wider = load_config(
+        tiny_run / "config.yaml", [f"train.init_from={package.path}", "model.base_channels=8", f"output_dir={tmp_path}"]
+    )
+    with pytest.raises(ConfigError, match="another architecture.*base_channels: 4 there, 8 in this config"):
+        build(wider, resume=False)
+    with pytest.raises(ConfigError, match="does not exist"):
+        build(
+            load_config(
+                tiny_run / "config.yaml", [f"train.init_from={tmp_path / 'nope.pt'}", f"output_dir={tmp_path / 'x'}"]
+            ),
+            resume=False,
+        )
+    assert not (tmp_path / "x").exists()  # nothing written for a run that cannot start
+
+
 def _weights_after_two_runs(tmp_path, overrides):
     from training.trainer import run
 
@@ -269,6 +310,7 @@ def test_export_round_trip(tiny_run, tmp_path):
     assert info.id == "tiny-run" and info.structures == ["prostate"] and info.num_classes == 2
     assert info.preprocessing.spacing_xyz_mm == (3.0, 3.0, 3.0) and info.inference.patch_size_zyx == (8, 16, 16)
     assert info.training["metrics"] == metrics and info.training["data"]["validation_cases"] == ["c2"]
+    assert info.inference.test_time_flips == ("x",)  # trained with left-right flips: safe to flip at test time
     assert info.training["data"]["sources"] == ["pairs"]
     best = torch.load(tiny_run / "best.pt", map_location="cpu", weights_only=False)["model"]
     net = loaded.build_network()
@@ -281,6 +323,16 @@ def test_export_round_trip(tiny_run, tmp_path):
     with zipfile.ZipFile(z) as f:
         assert {"model.json", "weights.safetensors"} <= set(f.namelist())
     assert entry["size"] == z.stat().st_size and len(entry["sha256"]) == 64 and entry["structures"] == ["prostate"]
+
+
+@pytest.mark.parametrize(
+    "overrides, flips",
+    [([], ("x",)), (["augment.flip_x=false"], ()), (["augment.enabled=false"], ())],
+)
+def test_export_declares_only_the_flips_the_model_was_trained_with(tmp_path, overrides, flips):
+    from training.export import trained_flips
+
+    assert trained_flips(load_config(_tiny_config(tmp_path), overrides)) == flips
 
 
 def test_export_cli_last_checkpoint_into_a_catalogue(tiny_run, tmp_path, capsys):
@@ -332,6 +384,10 @@ def test_export_cli_last_checkpoint_into_a_catalogue(tiny_run, tmp_path, capsys)
     assert recorded["dice"] == pytest.approx(0.85) and recorded["cases"] == ["a", "b"]
     assert recorded["structures"]["prostate"]["dice_sd"] == pytest.approx(0.0707, abs=1e-4)
     assert main([str(tiny_run), str(tmp_path / "x"), "--eval", "no-equals-sign"]) == 1
+    # the same weights re-packaged under a new version; a version that is not semantic is refused
+    assert main([str(tiny_run), str(tmp_path / "v2"), "--version", "2.0.1"]) == 0
+    assert ModelPackage.load(tmp_path / "v2").info.version == "2.0.1"
+    assert main([str(tiny_run), str(tmp_path / "v3"), "--version", "latest"]) == 1
     # a file that is not a catalogue is not overwritten
     capsys.readouterr()
     bad = tmp_path / "bad.json"

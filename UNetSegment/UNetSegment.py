@@ -96,9 +96,9 @@ class Quality(enum.Enum):
 
     def label(self) -> str:
         return {
-            "fast": _("Fast"),
-            "standard": _("Standard"),
-            "best": _("Best (test-time augmentation)"),
+            "fast": _("Fast (one pass)"),
+            "standard": _("Standard (test-time flips)"),
+            "best": _("Best (denser windows, slowest)"),
         }[self.value]
 
 

@@ -71,8 +71,8 @@ LABELMAP_EXTENSIONS = (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha")
 #: Input file types ``batch`` picks up (a sub-folder is a case if it holds a DICOM series).
 INPUT_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 BATCH_FORMATS = {"nrrd": "_segmentation.nrrd", "nii.gz": "_segmentation.nii.gz", "seg.nrrd": ".seg.nrrd"}
+#: ``inference.QUALITY_SETTINGS``'s keys, here so that parsing the command line does not import torch.
 QUALITIES = ("fast", "standard", "best")
-FAST_OVERLAP = 0.25
 DEMO_DIR = "unetsegment-demo"
 DEMO_GLAND_ML = 30.0
 
@@ -229,19 +229,6 @@ def resolve_model(spec: Optional[str], offline: bool, reporter: ProgressReporter
     return package
 
 
-def quality_settings(quality: str, tta: bool) -> Tuple[Optional[float], bool]:
-    """``--quality`` -> (sliding-window overlap or None for the model's default, TTA on/off).
-
-    ``fast``: overlap 0.25, no TTA; ``standard``: the model's defaults;
-    ``best``: the model's overlap with test-time flips. ``--tta`` turns TTA on at any quality.
-    """
-    if quality == "fast":
-        return FAST_OVERLAP, tta
-    if quality == "best":
-        return None, True
-    return None, tta
-
-
 def build_predictor(package, args: argparse.Namespace):
     """A ``Predictor`` for the command's device, quality, precision and thread options."""
     from .inference import Predictor, resolve_device
@@ -254,10 +241,7 @@ def build_predictor(package, args: argparse.Namespace):
         import SimpleITK as sitk
 
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(args.threads))
-    overlap, tta = quality_settings(args.quality, args.tta)
-    return Predictor(
-        package, device=args.device, tta=tta, precision=args.precision, overlap=overlap, threads=args.threads
-    )
+    return Predictor(package, device=args.device, quality=args.quality, precision=args.precision, threads=args.threads)
 
 
 def predict_and_write(
@@ -300,7 +284,7 @@ def predict_and_write(
             "model": {"id": predictor.info.id, "version": predictor.info.version},
             "volumes_ml": {k: round(v, 3) for k, v in prediction.volumes_ml.items()},
             "device": prediction.device,
-            "tta": bool(predictor.tta),
+            "quality": predictor.quality,
             "seconds": round(time.perf_counter() - t_start, 2),
             "warnings": list(warnings),
         }
@@ -650,7 +634,8 @@ def cmd_models(args: argparse.Namespace, reporter: ProgressReporter, cancel: Can
 
 
 def cmd_info(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellation) -> int:
-    import monai
+    from importlib.metadata import PackageNotFoundError, version
+
     import numpy
     import SimpleITK as sitk
     import torch
@@ -658,10 +643,14 @@ def cmd_info(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cance
     from .inference import cpu_supports_bf16, resolve_device
     from .store import DEFAULT_MODEL_ID
 
+    try:  # only the training toolkit needs MONAI; read its version without importing it (slow)
+        monai_version = version("monai")
+    except PackageNotFoundError:
+        monai_version = "not installed (needed for training only)"
     print(f"unetsegment {__version__}")
     print(f"python      {platform.python_version()} ({platform.platform()})")
     print(
-        f"torch       {torch.__version__}, monai {monai.__version__}, SimpleITK {sitk.Version.VersionString()}, numpy {numpy.__version__}"
+        f"torch       {torch.__version__}, SimpleITK {sitk.Version.VersionString()}, numpy {numpy.__version__}, monai {monai_version}"
     )
     device = resolve_device("auto")
     if device.type == "cuda":
@@ -771,9 +760,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", help="ID, ID@VERSION, a model package folder or .zip (default: the default model)")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto (GPU if available)")
     g.add_argument(
-        "--quality", default="standard", choices=QUALITIES, help="fast: less overlap, no TTA; best: with TTA"
+        "--quality",
+        default="standard",
+        choices=QUALITIES,
+        help="fast: one pass, less overlap; standard: with test-time flips of x and y; best: also of both (slowest)",
     )
-    g.add_argument("--tta", action="store_true", help="test-time augmentation (flips); slower, slightly smoother")
     g.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"))
     g.add_argument("--threads", type=_positive_int, help="CPU threads (default: PyTorch's choice)")
     g.add_argument("--offline", action="store_true", help="never download a model")

@@ -5,17 +5,17 @@
     result.labelmap          # sitk.Image, uint8, exactly the input grid
     result.volumes_ml        # {"prostate": 43.1}
 
-Steps: shared preprocessing (``preprocessing.preprocess_image``), MONAI
-sliding-window inference with Gaussian blending on the model grid, optional
-test-time flips, argmax on the model grid, post-processing (largest connected
+Steps: shared preprocessing (``preprocessing.preprocess_image``),
+sliding-window inference with Gaussian blending on the model grid
+(``sliding_window``), test-time flips by quality, argmax on the model grid, post-processing (largest connected
 component and hole filling per structure), then each label brought back onto
 the input grid. Full-resolution float maps exist for one label at a time.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
-import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -28,6 +28,7 @@ import torch
 from .model_package import ModelPackage
 from .postprocessing import postprocess_labels
 from .preprocessing import preprocess_image
+from .sliding_window import sliding_window, window_count
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,19 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "float32", "bfloat16")
 #: ``auto``: channels-last (NDHWC) on the CPU, where oneDNN is faster with it; ``contiguous``: NCDHW.
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+
+#: Image axes -> tensor axes of the (N, C, z, y, x) network input.
+FLIP_AXES = {"z": 2, "y": 3, "x": 4}
+#: ``quality`` -> (sliding-window overlap, None = the model's; whether to add the model's test-time flips).
+#: ``fast``: one pass, less overlap; ``standard``: the model's overlap, plus a pass flipped along each
+#: combination of the axes the model declares (``inference.test_time_flips``; the default model: x,
+#: left-right, so 2 passes); ``best``: as standard with denser windows (overlap 0.75).
+QUALITY_SETTINGS: Dict[str, Tuple[Optional[float], bool]] = {
+    "fast": (0.25, False),
+    "standard": (None, True),
+    "best": (0.75, True),
+}
+QUALITIES = tuple(QUALITY_SETTINGS)
 
 
 class CancelledError(Exception):
@@ -74,22 +88,13 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
-def window_count(shape_zyx: Sequence[int], patch_zyx: Sequence[int], overlap: float) -> int:
-    """Number of sliding windows MONAI takes over ``shape_zyx`` (after padding to the patch)."""
-    n = 1
-    for s, r in zip(shape_zyx, patch_zyx):
-        s = max(s, r)
-        step = max(int(r * (1 - overlap)), 1)
-        n *= 1 if s == r else math.ceil((s - r) / step) + 1
-    return n
-
-
 class Predictor:
     """Segments images with one model package; build once, call :meth:`predict` many times.
 
     ``precision``: ``auto`` uses bf16 autocast on CUDA and on CPUs with native
-    bf16, float32 elsewhere. ``tta`` averages the softmax over flips of x
-    (left-right) and y. ``memory_format``: see :data:`MEMORY_FORMATS`
+    bf16, float32 elsewhere. ``quality`` (:data:`QUALITY_SETTINGS`) sets the window
+    overlap and the test-time flips, whose softmax outputs are averaged; ``overlap``
+    overrides the quality's. ``memory_format``: see :data:`MEMORY_FORMATS`
     (``contiguous`` is the NCDHW baseline of ``benchmarks/bench_cpu_options.py``).
     """
 
@@ -97,7 +102,7 @@ class Predictor:
         self,
         package: ModelPackage,
         device: str = "auto",
-        tta: bool = False,
+        quality: str = "standard",
         precision: str = "auto",
         overlap: Optional[float] = None,
         threads: Optional[int] = None,
@@ -110,8 +115,18 @@ class Predictor:
         self.memory_format = memory_format
         self.package = package
         self.info = package.info
-        self.tta = tta
-        self.overlap = self.info.inference.overlap if overlap is None else float(overlap)
+        if quality not in QUALITY_SETTINGS:
+            raise ValueError(f"quality must be one of {QUALITIES}, not {quality!r}")
+        self.quality = quality
+        quality_overlap, with_flips = QUALITY_SETTINGS[quality]
+        #: flipped passes besides the plain one, as tensor axes: every combination of the model's axes
+        self.flips: Tuple[Tuple[int, ...], ...] = ()
+        if with_flips:
+            axes = sorted(FLIP_AXES[a] for a in self.info.inference.test_time_flips)
+            self.flips = tuple(c for n in range(1, len(axes) + 1) for c in itertools.combinations(axes, n))
+        if overlap is None:
+            overlap = self.info.inference.overlap if quality_overlap is None else quality_overlap
+        self.overlap = float(overlap)
         if threads:
             torch.set_num_threads(int(threads))
         self.device = resolve_device(device)
@@ -184,12 +199,8 @@ class Predictor:
         self, array_zyx: np.ndarray, report: ProgressCallback, should_cancel: Optional[Callable[[], bool]]
     ) -> np.ndarray:
         """Model-grid ``(z, y, x)`` float array -> ``(z, y, x)`` uint8 argmax labels."""
-        from monai.inferers import sliding_window_inference
-
         patch = self.info.inference.patch_size_zyx
-        flips: List[Tuple[int, ...]] = [()]
-        if self.tta:
-            flips += [(4,), (3,)]  # x (left-right), y (anterior-posterior)
+        flips: List[Tuple[int, ...]] = [(), *self.flips]
         per_pass = window_count(array_zyx.shape, patch, self.overlap)
         total = per_pass * len(flips)
         done = 0
@@ -211,15 +222,8 @@ class Predictor:
         probs: Optional[torch.Tensor] = None
         for axes in flips:
             xi = torch.flip(x, axes) if axes else x
-            logits = sliding_window_inference(
-                xi,
-                patch,
-                1,
-                network,
-                overlap=self.overlap,
-                mode=self.info.inference.blend_mode,
-                padding_mode="constant",
-                cval=float(x.min()),
+            logits = sliding_window(
+                xi, patch, network, overlap=self.overlap, mode=self.info.inference.blend_mode, pad_value=float(x.min())
             )
             p = torch.softmax(logits, dim=1)
             p = torch.flip(p, axes) if axes else p

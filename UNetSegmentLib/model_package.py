@@ -85,14 +85,31 @@ class LabelEntry:
 
 @dataclass(frozen=True)
 class InferenceSpec:
-    """Sliding-window settings: patch size (z, y, x) voxels on the model grid."""
+    """Sliding-window settings: patch size (z, y, x) voxels on the model grid, window overlap, blending,
+    and the test-time flips the model supports: the image axes (``"x"`` left-right, ``"y"``,
+    ``"z"``) it was trained to be mirror-invariant along, e.g. ``("x",)`` for left-right flip
+    augmentation. Flipping along an axis the model never saw mirrored gives it an image unlike its
+    training data (prostate anatomy is not symmetric front-back), so only these are used."""
 
     patch_size_zyx: Tuple[int, int, int]
     overlap: float = 0.5
     blend_mode: str = "gaussian"
+    test_time_flips: Tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.overlap < 1:
+            raise ModelPackageError(f"inference overlap must be in [0, 1), not {self.overlap}")
+        flips = self.test_time_flips
+        if any(a not in ("x", "y", "z") for a in flips) or len(set(flips)) != len(flips):
+            raise ModelPackageError(f"inference test_time_flips must be distinct axes among x, y, z, not {list(flips)}")
 
     def to_dict(self) -> Dict[str, Any]:
-        return {"patch_size_zyx": list(self.patch_size_zyx), "overlap": self.overlap, "blend_mode": self.blend_mode}
+        return {
+            "patch_size_zyx": list(self.patch_size_zyx),
+            "overlap": self.overlap,
+            "blend_mode": self.blend_mode,
+            "test_time_flips": list(self.test_time_flips),
+        }
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> InferenceSpec:
@@ -100,6 +117,7 @@ class InferenceSpec:
             tuple(int(v) for v in d["patch_size_zyx"]),
             float(d.get("overlap", 0.5)),
             str(d.get("blend_mode", "gaussian")),
+            tuple(str(a) for a in d.get("test_time_flips", ())),
         )  # type: ignore[arg-type]
 
 

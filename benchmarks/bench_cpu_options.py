@@ -49,6 +49,7 @@ from benchmarks.common import (  # noqa: E402
     summarize,
     write_results,
 )
+from UNetSegmentLib.cli import QUALITIES  # noqa: E402
 
 #: variant name -> (Predictor memory_format, precision)
 VARIANTS: Dict[str, Tuple[str, str]] = {
@@ -86,7 +87,7 @@ def run_variants(
     threads: Sequence[int],
     repeats: int,
     warmup: int,
-    tta: bool = False,
+    quality: str = "standard",
 ) -> Dict[str, Any]:
     """Time every variant x thread count on ``image``, alternating; labelmaps compared with the baseline's."""
     from UNetSegmentLib.inference import Predictor
@@ -99,7 +100,7 @@ def run_variants(
         for v in variants:
             fmt_name, precision = VARIANTS[v]
             predictors[variant_key(v, t)] = (
-                Predictor(package, device="cpu", precision=precision, memory_format=fmt_name, tta=tta),
+                Predictor(package, device="cpu", precision=precision, memory_format=fmt_name, quality=quality),
                 t,
             )
     last_labels: Dict[str, np.ndarray] = {}
@@ -195,7 +196,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--tta", action="store_true", help="with test-time flips")
+    p.add_argument(
+        "--quality", default="standard", choices=QUALITIES, help="as unetsegment segment's (default standard)"
+    )
     p.add_argument("--out-dir", type=Path)
     p.add_argument("--tag", default="")
     args = p.parse_args(argv)
@@ -216,7 +219,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ImageReadError, OSError, RuntimeError) as e:
         print(f"bench_cpu_options: cannot read {args.input}: {e}", file=sys.stderr)
         return 1
-    result = run_variants(package, image, args.variants, args.threads, args.repeats, args.warmup, args.tta)
+    result = run_variants(package, image, args.variants, args.threads, args.repeats, args.warmup, args.quality)
     env_info = environment()
     note = "" if cpu_supports_bf16() else " This CPU has no native bf16: bf16 variants are emulated and slow."
     header = "\n".join(

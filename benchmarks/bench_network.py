@@ -46,6 +46,7 @@ from benchmarks.common import (  # noqa: E402
     summarize,
     write_results,
 )
+from UNetSegmentLib.cli import QUALITIES  # noqa: E402
 
 #: (name, memory format, dtype) of the conv3d microbenchmark.
 MICRO_CONFIGS: Tuple[Tuple[str, str, torch.dtype], ...] = (
@@ -112,17 +113,17 @@ def conv3d_microbenchmark(
     return out
 
 
-def analyse(package, image, repeats: int, warmup: int, precision: str, tta: bool) -> Dict[str, Any]:
+def analyse(package, image, repeats: int, warmup: int, precision: str, quality: str) -> Dict[str, Any]:
     """FLOPs, windows, forward-pass and inference-stage GFLOP/s of ``package`` on ``image`` (CPU)."""
     from UNetSegmentLib.inference import Predictor, window_count
     from UNetSegmentLib.network import conv_flops
     from UNetSegmentLib.preprocessing import preprocess_image
 
-    predictor = Predictor(package, device="cpu", precision=precision, tta=tta)
+    predictor = Predictor(package, device="cpu", precision=precision, quality=quality)
     patch = tuple(package.info.inference.patch_size_zyx)
     flops = conv_flops(predictor.network, patch)
     array_zyx, _ = preprocess_image(image, package.info.preprocessing)
-    passes = 3 if tta else 1
+    passes = 1 + len(predictor.flips)
     windows = window_count(array_zyx.shape, patch, predictor.overlap) * passes
     net = predictor.network.eval()
     x = torch.randn(1, net.config.in_channels, *patch)
@@ -146,7 +147,8 @@ def analyse(package, image, repeats: int, warmup: int, precision: str, tta: bool
         "patch_zyx": list(patch),
         "model_grid_zyx": list(array_zyx.shape),
         "overlap": predictor.overlap,
-        "tta_passes": passes,
+        "passes": passes,
+        "quality": quality,
         "windows": windows,
         "flops_per_forward": flops,
         "flops_per_image": flops * windows,
@@ -207,7 +209,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"))
-    p.add_argument("--tta", action="store_true", help="count and run the test-time flips too")
+    p.add_argument(
+        "--quality", default="standard", choices=QUALITIES, help="windows and test-time flips of this quality"
+    )
     p.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     p.add_argument("--micro-channels", type=int, default=32, help="channels in and out of the microbenchmark conv3d")
     p.add_argument(
@@ -234,7 +238,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ImageReadError, OSError, RuntimeError) as e:
         print(f"bench_network: cannot read {args.input}: {e}", file=sys.stderr)
         return 1
-    net = analyse(package, image, args.repeats, args.warmup, args.precision, args.tta)
+    net = analyse(package, image, args.repeats, args.warmup, args.precision, args.quality)
     micro = conv3d_microbenchmark(args.micro_channels, args.micro_size, args.repeats, args.warmup)
     env_info = environment()
     header = "\n".join(

@@ -108,8 +108,16 @@ def match_published(entry: PublishedResult, evals: Sequence[EvalSet]) -> Tuple[s
     """``(relation, our mean Dice or None, n)`` of one published result against our evaluations.
 
     relation: ``same case and reference``, ``same dataset, other cases`` or ``different data``.
+    A case evaluated several times (at several ``--quality`` settings, say) counts once, from
+    the first evaluation given: the same patient must not weigh twice in a mean.
     """
-    rows = [r for e in evals for r in _gland_rows(e.rows, entry.structure)]
+    rows, seen = [], set()
+    for e in evals:
+        for r in _gland_rows(e.rows, entry.structure):
+            key = (r.get("case_id"), str(r.get("image", "")), str(r.get("label", "")))
+            if key not in seen:
+                seen.add(key)
+                rows.append(r)
     if entry.same_case is not None:
         case, label = entry.same_case
         same = [r for r in rows if case in str(r.get("image", "")) and label in str(r.get("label", ""))]

@@ -114,6 +114,10 @@ class TrainConfig:
     num_workers: int = 0
     #: stop after this many minutes of training (0 = no limit); the best model is kept
     time_limit_min: float = 0.0
+    #: start from these weights (fine-tuning): a model package folder (e.g. the bundled default
+    #: model's) or a training checkpoint (.pt); the architecture must match ``model``. The optimizer, learning-rate
+    #: schedule and epochs start afresh. "" = random initialisation. ``--resume`` takes precedence.
+    init_from: str = ""
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
 from training.data import Case  # noqa: E402
+from UNetSegmentLib.cli import QUALITIES  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +335,7 @@ def evaluate(
     cases: Sequence[Case],
     out_dir: Optional[Union[str, Path]] = None,
     device: str = "auto",
-    tta: bool = False,
+    quality: str = "standard",
     save_predictions: bool = False,
     description: str = "",
 ) -> List[Dict[str, Any]]:
@@ -360,7 +361,7 @@ def evaluate(
         if save_predictions:
             pred_dir = out / "predictions"
             pred_dir.mkdir(exist_ok=True)
-    predictor = Predictor(package, device=device, tta=tta)
+    predictor = Predictor(package, device=device, quality=quality)
     rows: List[Dict[str, Any]] = []
     for case in tqdm(cases, desc="evaluating", unit="case", disable=None):
         rows.extend(evaluate_case(predictor, case, pred_dir))
@@ -369,7 +370,7 @@ def evaluate(
         summary = summarize(rows)
         summary["model"] = {"id": package.info.id, "version": package.info.version, "path": str(package.path)}
         summary["data"] = description
-        summary["tta"] = tta
+        summary["quality"] = quality
         (out / "summary.json").write_text(
             json.dumps(summary, indent=2, allow_nan=False, default=_json_default) + "\n", encoding="utf-8"
         )
@@ -468,7 +469,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     src.add_argument("--label-suffix", default="_label", help="for a folder of pairs (default _label)")
     p.add_argument("-o", "--output", required=True, help="output folder for per_case.csv and summary.json")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--tta", action="store_true", help="test-time flips")
+    p.add_argument(
+        "--quality",
+        default="standard",
+        choices=QUALITIES,
+        help="as unetsegment segment's --quality (default standard, the command's default)",
+    )
     p.add_argument("--save-predictions", action="store_true", help="write predictions/<case_id>.nii.gz")
     return p.parse_args(argv)
 
@@ -492,7 +498,7 @@ def main(argv=None) -> int:
             description = f"{args.data} ({args.split or 'default split'})"
         else:
             raise ValueError("give --data, or --image with --label")
-        rows = evaluate(args.model, cases, args.output, args.device, args.tta, args.save_predictions, description)
+        rows = evaluate(args.model, cases, args.output, args.device, args.quality, args.save_predictions, description)
     except (OSError, ValueError, KeyError, ConfigError, ModelPackageError, ImageReadError, RuntimeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"evaluate.py: {msg}", file=sys.stderr)

@@ -16,7 +16,7 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -48,14 +48,24 @@ def _split_summary(run_dir: Path) -> Dict[str, Any]:
     return out
 
 
+def trained_flips(cfg: ExperimentConfig) -> Tuple[str, ...]:
+    """The axes the network was trained mirror-invariant along (its flip augmentation): safe test-time flips."""
+    return ("x",) if cfg.augment.enabled and cfg.augment.flip_x else ()
+
+
 def export_run(
     run_dir: Path,
     out_dir: Path,
     metrics: Optional[Dict[str, Any]] = None,
     checkpoint: str = "best.pt",
     extra_files: Optional[Dict[str, Path]] = None,
+    version: Optional[str] = None,
 ):
-    """Write the model package of ``run_dir`` into ``out_dir`` and return the :class:`ModelPackage`."""
+    """Write the model package of ``run_dir`` into ``out_dir`` and return the :class:`ModelPackage`.
+
+    ``version`` replaces the run config's ``model.version`` (re-packaging the same weights
+    with new metadata, e.g. new evaluation results, is a new version).
+    """
     import torch
 
     from training.trainer import network_config, preprocessing_spec
@@ -79,16 +89,17 @@ def export_run(
     m = cfg.model
     info = ModelInfo(
         id=m.id,
-        version=m.version,
+        version=version or m.version,
         name=m.name,
         description=f"3D U-Net (Çiçek et al. 2016) segmenting {', '.join(m.structures)} on T2-weighted prostate MRI.",
         architecture={"name": "UNet3D", "parameters": net_cfg.to_dict()},
         preprocessing=preprocessing_spec(cfg),
-        inference=InferenceSpec(tuple(m.patch_size_zyx), 0.5, "gaussian"),  # type: ignore[arg-type]
+        inference=InferenceSpec(tuple(m.patch_size_zyx), 0.5, "gaussian", trained_flips(cfg)),  # type: ignore[arg-type]
         labels=tuple(LabelEntry(i + 1, structure(s)) for i, s in enumerate(m.structures)),
         input={"modality": "MR", "sequence": "T2w", "channels": 1},
         training={
             "experiment": cfg.name,
+            **({"initialized_from": cfg.train.init_from} if cfg.train.init_from else {}),
             "epochs": state.get("epoch"),
             "checkpoint": checkpoint,
             "best_validation_dice": summary.get("best_val_dice", state.get("best_dice")),
@@ -196,6 +207,7 @@ def main(argv=None) -> int:
         choices=("best.pt", "last.pt"),
         help="best.pt (best validation Dice, default) or last.pt (end of the schedule)",
     )
+    p.add_argument("--version", help="package version (default: the run config's model.version)")
     args = p.parse_args(argv)
     from UNetSegmentLib.model_package import ModelPackageError
 
@@ -213,7 +225,9 @@ def main(argv=None) -> int:
             if not path.is_file():
                 raise FileNotFoundError(f"--add {item}: {path} is not a file")
             extra[name if sep else path.name] = path
-        pkg = export_run(args.run_dir, args.out_dir, metrics, checkpoint=args.checkpoint, extra_files=extra)
+        pkg = export_run(
+            args.run_dir, args.out_dir, metrics, checkpoint=args.checkpoint, extra_files=extra, version=args.version
+        )
         print(f"model package: {pkg.path} (sha256 of weights {pkg.info.weights_sha256[:12]}...)")
         if args.zip or args.catalogue:
             z = pkg.to_zip(args.out_dir.with_suffix(".zip"))

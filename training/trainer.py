@@ -21,7 +21,7 @@ from UNetSegmentLib.inference import cpu_supports_bf16, resolve_device
 from UNetSegmentLib.network import UNet3D, UNet3DConfig, count_parameters
 from UNetSegmentLib.preprocessing import PreprocessingSpec
 
-from .config import ExperimentConfig
+from .config import ConfigError, ExperimentConfig, from_dict
 from .data import Case
 from .data.registry import read_all
 from .dataset import GLAND, PatchSampler, Volume, build_augment, load_volume
@@ -133,6 +133,8 @@ def write_split(out: Path, cases: List[Case]) -> None:
 
 def build(cfg: ExperimentConfig, resume: bool) -> Run:
     out = Path(cfg.output_dir)
+    resuming = resume and (out / "last.pt").exists()
+    init = initial_weights(cfg) if cfg.train.init_from and not resuming else None  # checked before writing
     out.mkdir(parents=True, exist_ok=True)
     rank, world = setup_distributed()
     seed_everything(cfg.train.seed + rank)
@@ -168,9 +170,43 @@ def build(cfg: ExperimentConfig, resume: bool) -> Run:
         device,
         " (bf16)" if bf16 else "",
     )
-    if resume and (out / "last.pt").exists():
+    if resuming:
         load_checkpoint(run, out / "last.pt")
+    elif init is not None:
+        _bare(run.model).load_state_dict(init)
+        log.info("weights initialised from %s", cfg.train.init_from)
     return run
+
+
+def initial_weights(cfg: ExperimentConfig) -> Dict[str, torch.Tensor]:
+    """The state dict named by ``train.init_from`` (package folder or checkpoint), checked against ``model``."""
+    from UNetSegmentLib.model_package import ModelPackage, ModelPackageError
+
+    path = Path(cfg.train.init_from)
+    if not path.exists():
+        raise ConfigError(f"train.init_from: {path} does not exist")
+    expected = network_config(cfg).to_dict()
+    if path.suffix == ".pt":
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or "model" not in state:
+            raise ConfigError(f"train.init_from: {path} is not a training checkpoint (no 'model' weights)")
+        found = state.get("config", {}).get("model")
+        weights = state["model"]
+        if found is not None:
+            found = network_config(from_dict(ExperimentConfig, {"model": found})).to_dict()
+    else:
+        try:
+            package = ModelPackage.load(path)
+        except ModelPackageError as e:
+            raise ConfigError(f"train.init_from: {e}") from None
+        found = package.info.architecture.get("parameters")
+        weights = package.build_network().state_dict()
+    if found is not None:
+        differ = {k: (found.get(k), v) for k, v in expected.items() if found.get(k) != v}
+        if differ:
+            details = ", ".join(f"{k}: {a!r} there, {b!r} in this config" for k, (a, b) in differ.items())
+            raise ConfigError(f"train.init_from: {path} has another architecture ({details})")
+    return weights
 
 
 def save_checkpoint(run: Run, path: Path) -> None:
@@ -263,7 +299,7 @@ def train_epoch(run: Run, batches, loss_fn, model, progress: float) -> float:
 @torch.no_grad()
 def validate(run: Run) -> Dict[str, float]:
     """Dice per structure on whole validation volumes (model grid): Gaussian sliding window, overlap 0.25, no post-processing."""
-    from monai.inferers import sliding_window_inference
+    from UNetSegmentLib.sliding_window import sliding_window
 
     model = _bare(run.model)
     model.eval()
@@ -273,9 +309,7 @@ def validate(run: Run) -> Dict[str, float]:
     for v in run.val:
         x = torch.from_numpy(v.image)[None, None].to(run.device)
         with autocast(run):
-            logits = sliding_window_inference(
-                x, tuple(run.cfg.model.patch_size_zyx), 2, model, overlap=0.25, mode="gaussian"
-            )
+            logits = sliding_window(x, run.cfg.model.patch_size_zyx, lambda w: model(w).float(), overlap=0.25)
         pred = logits.float().argmax(1)[0].cpu().numpy()
         t = v.target
         gland.append(_dice(pred > 0, t > 0))

@@ -4,7 +4,7 @@
   build matching the GPU driver (``PyTorchUtils`` imports torch once, right
   after installing it; this module never imports torch). Without the
   extension, pip installs torch with the other packages.
-- monai and safetensors are installed with pip, with a constraints file that
+- safetensors is installed with pip, with a constraints file that
   pins the torch, numpy, scipy and SimpleITK already present, so installing
   can never replace Slicer's own packages (pip fails instead, with a message).
 - Slicer >= 5.12 has ``slicer.packaging.pip_ensure`` (confirmation dialog,
@@ -22,7 +22,7 @@ import tempfile
 from typing import Dict, List, Optional, Sequence
 
 #: What UNetSegmentLib needs besides Slicer's numpy, scipy and SimpleITK (pip requirement strings).
-PIP_REQUIREMENTS = ["monai>=1.3,<2", "safetensors>=0.4,<1"]
+PIP_REQUIREMENTS = ["safetensors>=0.4,<1"]
 TORCH_REQUIREMENT = ">=2.1"
 #: Packages Slicer (or the PyTorch extension) provides: pinned, never replaced.
 PROTECTED = ["torch", "numpy", "scipy", "SimpleITK"]
@@ -73,7 +73,7 @@ def writeConstraints(folder: Optional[str] = None) -> str:
 
 def versions() -> Dict[str, str]:
     """Installed versions of everything the segmentation uses ("not installed" if absent)."""
-    names = ["torch", "monai", "safetensors", "numpy", "scipy", "SimpleITK"]
+    names = ["torch", "safetensors", "numpy", "scipy", "SimpleITK"]
     return {name: installedVersion(name) or "not installed" for name in names}
 
 

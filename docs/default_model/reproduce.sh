@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Rebuild the default model prostate-wholegland-t2 from ../shared/data: train, evaluate,
-# package (metrics, model card, catalogue entry) and write the evaluation report.
+# Rebuild the default model prostate-wholegland-t2 from ../shared/data: train (a first
+# schedule, then a shorter fine-tuning one from its last weights), evaluate, package
+# (metrics, model card, catalogue entry) and write the evaluation report.
 #
-#   bash docs/default_model/reproduce.sh            # all steps (training takes ~4 h on a 2-core CPU)
-#   SKIP_TRAINING=1 bash docs/default_model/reproduce.sh   # evaluate and package an existing run
+#   bash docs/default_model/reproduce.sh            # all steps (training takes ~5.5 h on a 2-core CPU)
+#   SKIP_TRAINING=1 bash docs/default_model/reproduce.sh   # evaluate and package existing runs
 #
 # Run from the repository root. The model card is taken from the bundled package
 # (UNetSegmentLib/models/prostate-wholegland-t2/README.md): edit its numbers after a new run.
 set -euo pipefail
 
-CONFIG=training/configs/default_wholegland.yaml
-RUN=runs/default-wholegland
+BASE_CONFIG=training/configs/default_wholegland.yaml
+CONFIG=training/configs/default_wholegland_finetune.yaml
+RUN=runs/default-wholegland-finetune
 PKG=UNetSegmentLib/models/prostate-wholegland-t2
 DOC=docs/default_model
 PROSTATEX=../shared/data/prostatex/ProstateX-0000
@@ -25,18 +27,22 @@ VERSION=$(python -c "import yaml, sys; print(yaml.safe_load(open(sys.argv[1]))['
 ZIP_URL="https://github.com/unetsegment/UNetSegment/releases/download/v$VERSION/prostate-wholegland-t2-$VERSION.zip"
 
 if [ -z "${SKIP_TRAINING:-}" ]; then
-    python training/train.py --config "$CONFIG"
+    python training/train.py --config "$BASE_CONFIG"
+    python training/train.py --config "$CONFIG"   # init_from: the first run's last.pt
 fi
 
 # 1. a draft package of the last epoch (not the best one: the validation cases must not pick the model)
-python training/export.py "$RUN" "$WORK/draft" --checkpoint last.pt
+python training/export.py "$RUN" "$WORK/draft" --checkpoint last.pt --version "$VERSION"
 
-# 2. evaluate: the held-out PROMISE12 patients, and the unseen ProstateX case against both AI labels
+# 2. evaluate: the held-out PROMISE12 patients at each --quality (standard is the default),
+#    and the unseen ProstateX case against both AI labels
 rm -rf "$DOC"/eval_*
 python training/evaluate.py --model "$WORK/draft" --data "$CONFIG" --split validation \
     -o "$DOC/eval_promise12_validation" --save-predictions
-python training/evaluate.py --model "$WORK/draft" --data "$CONFIG" --split validation --tta \
-    -o "$DOC/eval_promise12_validation_tta" --save-predictions
+for quality in fast best; do
+    python training/evaluate.py --model "$WORK/draft" --data "$CONFIG" --split validation --quality "$quality" \
+        -o "$DOC/eval_promise12_validation_$quality" --save-predictions
+done
 for ref in Guerbet23 Bosma22b; do
     lower=$(echo "$ref" | tr '[:upper:]' '[:lower:]')
     python training/evaluate.py --model "$WORK/draft" --image "$PROSTATEX/t2w.nii.gz" \
@@ -46,9 +52,10 @@ done
 
 # 3. the package: weights of the last epoch, the results in model.json, the model card, its catalogue entry
 cp "$PKG/README.md" "$WORK/card.md"
-python training/export.py "$RUN" "$WORK/$(basename "$PKG")" --checkpoint last.pt \
+python training/export.py "$RUN" "$WORK/$(basename "$PKG")" --checkpoint last.pt --version "$VERSION" \
     --eval "promise12_validation=$DOC/eval_promise12_validation" \
-    --eval "promise12_validation_tta=$DOC/eval_promise12_validation_tta" \
+    --eval "promise12_validation_fast=$DOC/eval_promise12_validation_fast" \
+    --eval "promise12_validation_best=$DOC/eval_promise12_validation_best" \
     --eval "prostatex_0000_vs_guerbet23=$DOC/eval_prostatex_guerbet23" \
     --eval "prostatex_0000_vs_bosma22b=$DOC/eval_prostatex_bosma22b" \
     --add "README.md=$WORK/card.md" \
@@ -60,7 +67,8 @@ cp -r "$WORK/$(basename "$PKG")" "$PKG"
 rm -rf "$DOC/report"
 python training/benchmark.py --model "$PKG" --run "$RUN" -o "$DOC/report" \
     --title "prostate-wholegland-t2 $VERSION: evaluation report" \
-    --eval "$DOC/eval_promise12_validation" --eval "$DOC/eval_promise12_validation_tta" \
+    --eval "$DOC/eval_promise12_validation" --eval "$DOC/eval_promise12_validation_fast" \
+    --eval "$DOC/eval_promise12_validation_best" \
     --eval "$DOC/eval_prostatex_guerbet23" --eval "$DOC/eval_prostatex_bosma22b"
 rm -rf "$DOC"/eval_*/predictions
 echo "reproduce.sh: $PKG $VERSION, report in $DOC/report/report.md"
