@@ -92,7 +92,7 @@ def test_report_has_figures_results_published_table_and_model_facts(tmp_path, ev
     )
     (run / "log.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     evals = [load_eval(eval_dir)]
-    report = write_report(evals, tiny_package, tmp_path / "report", run_dir=run, device="cpu")
+    report = write_report(evals, tiny_package, tmp_path / "report", run_dirs=run, device="cpu")
     text = report.read_text(encoding="utf-8")
     figs = sorted((tmp_path / "report" / "figures").glob("*.png"))
     names = {f.name.split("_")[0] for f in figs}
@@ -157,3 +157,36 @@ def test_cli_writes_report_and_reports_bad_input_in_one_line(tmp_path, eval_dir,
     assert main(["--eval", str(tmp_path / "missing"), "--model", str(tiny_package.path), "-o", str(out)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("benchmark.py: ") and "per_case.csv" in err and len(err.strip().splitlines()) == 1
+
+
+def _log_csv(run: Path, rows) -> Path:
+    run.mkdir(parents=True)
+    lines = ["epoch,key,value"] + [f"{e},{k},{v}" for e, k, v in rows]
+    (run / "log.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return run
+
+
+def test_chain_logs_puts_a_fine_tuning_after_the_run_it_started_from():
+    from training.figures import chain_logs
+
+    first = {"train_loss": [(1, 0.9), (2, 0.5), (3, 0.4)], "val_dice_prostate": [(3, 0.8)]}
+    second = {"train_loss": [(1, 0.3), (2, 0.2)], "val_dice_prostate": [(2, 0.85)]}
+    joined, starts = chain_logs([first, second])
+    assert joined["train_loss"] == [(1, 0.9), (2, 0.5), (3, 0.4), (4, 0.3), (5, 0.2)]
+    assert joined["val_dice_prostate"] == [(3, 0.8), (5, 0.85)] and starts == [3]
+    assert chain_logs([first]) == (first, [])
+
+
+def test_report_learning_curve_of_consecutive_runs(tmp_path, eval_dir, tiny_package):
+    a = _log_csv(tmp_path / "a", [(1, "train_loss", 0.9), (2, "train_loss", 0.5), (2, "val_dice_prostate", 0.7)])
+    b = _log_csv(tmp_path / "b", [(1, "train_loss", 0.4), (1, "val_dice_prostate", 0.8)])
+    out = tmp_path / "r"
+    argv = ["--eval", str(eval_dir), "--model", str(tiny_package.path), "-o", str(out), "--device", "cpu"]
+    assert main([*argv, "--run", str(a), "--run", str(b)]) == 0
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert f"Run `{a}`, then `{b}` (each started from" in text
+    assert (out / "figures" / "learning_curve.png").read_bytes().startswith(PNG)
+    # a run without its log.csv: no curve rather than a curve of part of the training
+    out2 = tmp_path / "r2"
+    assert main([*argv[:-4], "-o", str(out2), "--device", "cpu", "--run", str(a), "--run", str(tmp_path)]) == 0
+    assert not (out2 / "figures" / "learning_curve.png").exists()

@@ -150,7 +150,7 @@ def test_train_evaluate_export_and_segment_a_held_out_case(tmp_path):
     assert abs(m["volume_diff_pct"]) < 25, m
 
     # the benchmark report of it all
-    report = write_report([load_eval(tmp_path / "eval")], pkg, tmp_path / "report", run_dir=run_dir, device="cpu")
+    report = write_report([load_eval(tmp_path / "eval")], pkg, tmp_path / "report", run_dirs=run_dir, device="cpu")
     text = report.read_text(encoding="utf-8")
     assert "figures/learning_curve.png" in text and (tmp_path / "report" / "figures" / "learning_curve.png").is_file()
     assert "synthetic validation" in text

@@ -10,7 +10,7 @@ Reads evaluation folders written by ``training/evaluate.py`` (``per_case.csv``,
 ``summary.json``, optionally ``predictions/``) and writes ``REPORT_DIR/report.md``
 with PNG figures in ``REPORT_DIR/figures/``: box plots of Dice and HD95 per
 structure, the best and worst case as mid-gland overlays, and the learning
-curve of the run (``--run``). The results are set beside the published
+curve of the run (``--run``; repeated for a fine-tuning and the run it started from). The results are set beside the published
 numbers of :mod:`training.published`, saying for each whether it was
 measured on the same data. ``REPORT_DIR/benchmark.json`` holds the same
 numbers for machines.
@@ -27,7 +27,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -182,8 +182,10 @@ def case_overlay(e: EvalSet, row: Dict[str, Any], predictor_factory, title: str,
     )
 
 
-def make_figures(evals: Sequence[EvalSet], package, run_dir: Optional[Path], out: Path, device: str) -> Dict[str, Path]:
-    """All report figures; returns ``{name: path}``."""
+def make_figures(
+    evals: Sequence[EvalSet], package, run_dirs: Sequence[Path], out: Path, device: str
+) -> Dict[str, Path]:
+    """All report figures; returns ``{name: path}``. ``run_dirs``: consecutive training runs (the learning curve)."""
     figs: Dict[str, Path] = {}
     fig_dir = out / "figures"
     dice = {f"{e.name}\n{s}": [r["dice"] for r in e.rows if r["structure"] == s] for e in evals for s in e.structures}
@@ -205,12 +207,12 @@ def make_figures(evals: Sequence[EvalSet], package, run_dir: Optional[Path], out
         title = f"{label}: {row['case_id']} ({e.name}), {row['structure']} Dice {row['dice']:.3f}"
         name = f"{label}_{_safe(row['case_id'])}.png"
         figs[label] = case_overlay(e, row, predictor_factory, title, fig_dir / name)
-    if run_dir is not None and (run_dir / "log.csv").is_file():
-        figs["learning_curve"] = figures.learning_curve(
-            figures.read_log(run_dir / "log.csv"), fig_dir / "learning_curve.png"
-        )
-    elif run_dir is not None:
-        log.warning("%s has no log.csv; no learning curve", run_dir)
+    missing = [r for r in run_dirs if not (r / "log.csv").is_file()]
+    if missing:
+        log.warning("%s has no log.csv; no learning curve", missing[0])
+    elif run_dirs:
+        joined, starts = figures.chain_logs([figures.read_log(r / "log.csv") for r in run_dirs])
+        figs["learning_curve"] = figures.learning_curve(joined, fig_dir / "learning_curve.png", starts)
     return figs
 
 
@@ -407,15 +409,22 @@ def write_report(
     evals: Sequence[EvalSet],
     package,
     out: Path,
-    run_dir: Optional[Path] = None,
+    run_dirs: Union[None, Path, Sequence[Path]] = None,
     device: str = "auto",
     title: Optional[str] = None,
 ) -> Path:
-    """Write ``out/report.md``, ``out/figures/*.png`` and ``out/benchmark.json``; returns the report's path."""
+    """Write ``out/report.md``, ``out/figures/*.png`` and ``out/benchmark.json``; returns the report's path.
+
+    ``run_dirs``: the training run, or consecutive runs (a fine-tuning after the run it started from).
+    """
     out = Path(out)
+    if run_dirs is None:
+        run_dirs = []
+    elif isinstance(run_dirs, (str, Path)):
+        run_dirs = [Path(run_dirs)]
     out.mkdir(parents=True, exist_ok=True)
     facts = model_facts(package)
-    figs = make_figures(evals, package, run_dir, out, device)
+    figs = make_figures(evals, package, [Path(r) for r in run_dirs], out, device)
     rel = {k: v.relative_to(out).as_posix() for k, v in figs.items()}
     lines = [
         f"# {title or 'Benchmark: ' + facts['name']}",
@@ -446,7 +455,11 @@ def write_report(
         "",
     ]
     if "learning_curve" in rel:
-        lines += ["### Learning curve", "", f"Run `{run_dir}`.", "", f"![learning curve]({rel['learning_curve']})", ""]
+        runs = ", then ".join(f"`{r}`" for r in run_dirs)
+        note = (
+            " (each started from the weights of the one before; dashed lines mark where)" if len(run_dirs) > 1 else ""
+        )
+        lines += ["### Learning curve", "", f"Run {runs}{note}.", "", f"![learning curve]({rel['learning_curve']})", ""]
     published, records = _published_section(evals)
     lines += published + [""] + _model_section(facts) + [""] + _cases_section(evals) + [""]
     report = out / "report.md"
@@ -493,7 +506,14 @@ def main(argv=None) -> int:
         help="evaluate.py output folder (repeatable)",
     )
     p.add_argument("--model", required=True, help="the evaluated model package folder")
-    p.add_argument("--run", type=Path, help="training run folder (for the learning curve from log.csv)")
+    p.add_argument(
+        "--run",
+        type=Path,
+        action="append",
+        default=[],
+        help="training run folder, for the learning curve from log.csv; repeat for consecutive schedules "
+        "(a run, then the fine-tuning started from it)",
+    )
     p.add_argument("-o", "--output", required=True, type=Path, help="report folder")
     p.add_argument("--title", help="report title")
     p.add_argument("--device", default="auto", help="for overlays of cases whose predictions were not saved")

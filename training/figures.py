@@ -66,10 +66,33 @@ def read_log(path: Path) -> Dict[str, List[Tuple[int, float]]]:
     return out
 
 
-def learning_curve(log: Dict[str, List[Tuple[int, float]]], path: Path) -> Path:
-    """Training loss and validation Dice against epoch, side by side."""
+def chain_logs(
+    logs: Sequence[Dict[str, List[Tuple[int, float]]]],
+) -> Tuple[Dict[str, List[Tuple[int, float]]], List[int]]:
+    """Logs of consecutive schedules (a run, then a fine-tuning from its weights, ...) as one log.
+
+    Each log's epochs are shifted to follow the previous log's last epoch; returns the joined log
+    and the epochs after which a new schedule starts.
+    """
+    joined: Dict[str, List[Tuple[int, float]]] = {}
+    starts: List[int] = []
+    offset = 0
+    for i, one in enumerate(logs):
+        if i:
+            starts.append(offset)
+        for key, points in one.items():
+            joined.setdefault(key, []).extend((e + offset, v) for e, v in points)
+        offset += max((e for points in one.values() for e, _ in points), default=0)
+    return joined, starts
+
+
+def learning_curve(log: Dict[str, List[Tuple[int, float]]], path: Path, schedule_starts: Sequence[int] = ()) -> Path:
+    """Training loss and validation Dice against epoch, side by side; a dashed line where a new schedule starts."""
     plt = _pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax in (a1, a2):
+        for start in schedule_starts:
+            ax.axvline(start + 0.5, color="grey", linestyle="--", linewidth=1)
     if "train_loss" in log:
         e, v = zip(*log["train_loss"])
         a1.plot(e, v, color="tab:red")

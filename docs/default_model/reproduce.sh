@@ -11,6 +11,7 @@
 set -euo pipefail
 
 BASE_CONFIG=training/configs/default_wholegland.yaml
+BASE_RUN=runs/default-wholegland
 CONFIG=training/configs/default_wholegland_finetune.yaml
 RUN=runs/default-wholegland-finetune
 PKG=UNetSegmentLib/models/prostate-wholegland-t2
@@ -65,7 +66,7 @@ cp -r "$WORK/$(basename "$PKG")" "$PKG"
 
 # 4. the report, with figures; the predictions served its overlays and are not kept
 rm -rf "$DOC/report"
-python training/benchmark.py --model "$PKG" --run "$RUN" -o "$DOC/report" \
+python training/benchmark.py --model "$PKG" --run "$BASE_RUN" --run "$RUN" -o "$DOC/report" \
     --title "prostate-wholegland-t2 $VERSION: evaluation report" \
     --eval "$DOC/eval_promise12_validation" --eval "$DOC/eval_promise12_validation_fast" \
     --eval "$DOC/eval_promise12_validation_best" \
