@@ -763,7 +763,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--quality",
         default="standard",
         choices=QUALITIES,
-        help="fast: one pass, less overlap; standard: with test-time flips of x and y; best: also of both (slowest)",
+        help="fast: one pass, less window overlap; standard: averaged with the mirror images the model was trained on "
+        "(left-right for the default model); best: as standard with denser windows (slowest)",
     )
     g.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"))
     g.add_argument("--threads", type=_positive_int, help="CPU threads (default: PyTorch's choice)")
