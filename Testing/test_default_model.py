@@ -47,8 +47,13 @@ def test_recorded_metrics_are_those_of_the_committed_evaluation(bundled):
     assert sorted(r["case_id"] for r in rows) == sorted(recorded["cases"])
     assert sorted(recorded["cases"]) == sorted(bundled.info.training["data"]["validation_cases"])
     assert recorded["dice"] == pytest.approx(np.mean([r["dice"] for r in rows]), abs=5e-4)
-    summary = json.loads((EVAL_DIR / "summary.json").read_text(encoding="utf-8"))
-    assert summary["model"]["version"] == bundled.info.version
+    # every committed evaluation (each quality, each reference) was made with the shipped weights
+    for summary_path in sorted(EVAL_DIR.parent.glob("eval_*/summary.json")):
+        model = json.loads(summary_path.read_text(encoding="utf-8"))["model"]
+        assert (model["version"], model["weights_sha256"]) == (bundled.info.version, bundled.info.weights_sha256), (
+            summary_path
+        )
+    assert len(list(EVAL_DIR.parent.glob("eval_*/summary.json"))) == 5
     # held out: no validation case was trained on
     assert not set(recorded["cases"]) & set(bundled.info.training["data"]["train_cases"])
 

@@ -194,3 +194,10 @@ def test_to_zip_is_byte_reproducible_whatever_the_file_times(tmp_path, package):
         assert {i.date_time for i in z.infolist()} == {(1980, 1, 1, 0, 0, 0)}
     (copy / MODEL_JSON).write_text((copy / MODEL_JSON).read_text(encoding="utf-8") + " ", encoding="utf-8")
     assert sha256_file(ModelPackage.load(copy).to_zip(tmp_path / "c.zip")) != sha256_file(a)
+
+
+def test_writing_the_same_weights_again_gives_the_same_bytes(tmp_path, package):
+    """A re-export of unchanged weights must keep the sha256 in model.json and the catalogue."""
+    state = load_file(str(package.weights_path))
+    digests = {ModelPackage.write(tmp_path / f"w{i}", package.info, state).info.weights_sha256 for i in range(12)}
+    assert digests == {package.info.weights_sha256}

@@ -287,7 +287,9 @@ class ModelPackage:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-        save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"model_id": info.id, "version": info.version})
+        # one metadata entry: safetensors writes its metadata map in hash order, so with several the
+        # bytes (and the sha256) of the same weights would change from one export to the next
+        save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"model": f"{info.id} {info.version}"})
         digest = sha256_file(folder / WEIGHTS_FILE)
         info = ModelInfo(**{**info.__dict__, "weights_sha256": digest})
         for name, src in (extra_files or {}).items():

@@ -368,7 +368,12 @@ def evaluate(
     if out is not None:
         write_per_case(rows, out / "per_case.csv")
         summary = summarize(rows)
-        summary["model"] = {"id": package.info.id, "version": package.info.version, "path": str(package.path)}
+        summary["model"] = {
+            "id": package.info.id,
+            "version": package.info.version,
+            "weights_sha256": package.info.weights_sha256,  # ties these results to the exact weights
+            "path": str(package.path),
+        }
         summary["data"] = description
         summary["quality"] = quality
         (out / "summary.json").write_text(
