@@ -296,9 +296,9 @@ def test_cpu_options_main_tiny(tmp_path, tiny_package):
 
 
 def test_network_main_tiny(tmp_path, tiny_package):
-    from UNetSegmentLib.inference import window_count
     from UNetSegmentLib.network import conv_flops
     from UNetSegmentLib.preprocessing import preprocess_image
+    from UNetSegmentLib.sliding_window import window_count
 
     image = synthetic_image((48, 48, 12))
     sitk.WriteImage(image, str(tmp_path / "image.nii.gz"))

@@ -17,10 +17,11 @@ import SimpleITK as sitk
 import torch
 from conftest import make_tiny_package, synthetic_image
 
-from UNetSegmentLib.inference import CancelledError, Predictor, label_volumes_ml, window_count
+from UNetSegmentLib.inference import CancelledError, Predictor, label_volumes_ml
 from UNetSegmentLib.io import read_image
 from UNetSegmentLib.postprocessing import largest_component, postprocess_labels
 from UNetSegmentLib.preprocessing import ModelGrid, PreprocessingSpec, preprocess_image
+from UNetSegmentLib.sliding_window import window_count
 
 
 def _rotation(ax_deg: float, ay_deg: float, az_deg: float) -> np.ndarray:

@@ -115,9 +115,10 @@ def conv3d_microbenchmark(
 
 def analyse(package, image, repeats: int, warmup: int, precision: str, quality: str) -> Dict[str, Any]:
     """FLOPs, windows, forward-pass and inference-stage GFLOP/s of ``package`` on ``image`` (CPU)."""
-    from UNetSegmentLib.inference import Predictor, window_count
+    from UNetSegmentLib.inference import Predictor
     from UNetSegmentLib.network import conv_flops
     from UNetSegmentLib.preprocessing import preprocess_image
+    from UNetSegmentLib.sliding_window import window_count
 
     predictor = Predictor(package, device="cpu", precision=precision, quality=quality)
     patch = tuple(package.info.inference.patch_size_zyx)
