@@ -695,7 +695,9 @@ def test_machine_reporter_merges_tiny_steps_and_never_goes_back(capsys):
 
 
 def _python_m(*args, **kw):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # the checkout first, and whatever PYTHONPATH already holds after it (dependencies may live there)
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     return subprocess.Popen(
         [sys.executable, "-m", "UNetSegmentLib", *map(str, args)], env=env, cwd=str(REPO),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", **kw,

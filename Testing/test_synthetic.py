@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -97,14 +95,6 @@ def test_anatomy_stays_put_in_physical_space_across_grids():
     c_coarse = _centroid_lps(sitk.GetArrayFromImage(coarse_lab) > 0, coarse_img)
     assert np.linalg.norm(c_fine - c_coarse) < 2.0
     assert coarse_img.GetSize() == (70, 90, 20)
-
-
-def test_fast_enough():
-    make_case(0)
-    start = time.process_time()
-    for seed in range(3):
-        make_case(seed)
-    assert (time.process_time() - start) / 3 < 0.5
 
 
 def test_rejects_bad_grids():
