@@ -15,7 +15,7 @@ import yaml
 
 from training.config import ConfigError, load_config
 from training.dataset import FULL, GLAND, targets_for
-from training.losses import PartialLabelDiceCE
+from training.losses import PartialLabelDiceCE, slice_presence_loss
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -137,6 +137,50 @@ def test_a_few_steps_on_one_batch_lower_the_loss():
         opt.step()
         losses.append(loss.item())
     assert all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0]
+
+
+def _gland_with_small_base() -> torch.Tensor:
+    """(1, 1, 8, 16, 16): a gland in slices 1-6 whose base (slice 6) is a 2 x 2 voxel sliver."""
+    t = torch.zeros(1, 1, 8, 16, 16, dtype=torch.long)
+    t[0, 0, 1:6, 3:13, 3:13] = 1
+    t[0, 0, 6, 7:9, 7:9] = 1
+    return t
+
+
+def test_slice_presence_weighs_a_missed_base_slice_that_dice_barely_sees():
+    target = _gland_with_small_base()
+    exact = _onehot_logits(target, 2, margin=6.0)
+    no_base = target.clone()
+    no_base[0, 0, 6] = 0
+    missed = _onehot_logits(no_base, 2, margin=6.0)
+    beyond = target.clone()
+    beyond[0, 0, 7, 7:9, 7:9] = 1  # one slice past the labelled base
+    over = _onehot_logits(beyond, 2, margin=6.0)
+    only = torch.tensor([True])
+    plain = PartialLabelDiceCE()
+    presence_gap = float(slice_presence_loss(missed, target) - slice_presence_loss(exact, target))
+    dice_ce_gap = float(plain(missed, target, only) - plain(exact, target, only))
+    assert presence_gap > 0.5 and dice_ce_gap < 0.1 * presence_gap
+    assert float(slice_presence_loss(over, target)) > float(slice_presence_loss(exact, target)) + 0.5
+    # zonal logits: any foreground class counts as presence
+    zonal = torch.cat([exact[:, :1], exact[:, 1:] - 1.0, exact[:, 1:] - 1.0], dim=1)
+    assert float(slice_presence_loss(zonal, target)) < 0.1
+
+
+def test_slice_presence_weight_adds_the_term_and_zero_keeps_the_old_loss():
+    target = _gland_with_small_base()
+    logits = torch.randn(1, 2, 8, 16, 16, generator=torch.Generator().manual_seed(0))
+    only = torch.tensor([True])
+    base = float(PartialLabelDiceCE()(logits, target, only))
+    assert float(PartialLabelDiceCE(0.0)(logits, target, only)) == pytest.approx(base)
+    term = float(slice_presence_loss(logits, target))
+    assert float(PartialLabelDiceCE(0.5)(logits, target, only)) == pytest.approx(base + 0.5 * term, rel=1e-5)
+    with pytest.raises(ValueError, match="slice_presence_weight"):
+        PartialLabelDiceCE(-1.0)
+    with pytest.raises(ConfigError, match="slice_presence_weight"):
+        load_config(None, ["train.slice_presence_weight=-0.5"])
+    cfg = load_config(REPO / "training" / "configs" / "default_wholegland_presence.yaml")
+    assert cfg.train.slice_presence_weight == 1.0 and cfg.model.version == "1.3.0"
 
 
 # --- a tiny run -------------------------------------------------------------------
