@@ -167,20 +167,33 @@ def test_slice_presence_weighs_a_missed_base_slice_that_dice_barely_sees():
     assert float(slice_presence_loss(zonal, target)) < 0.1
 
 
-def test_slice_presence_weight_adds_the_term_and_zero_keeps_the_old_loss():
+def test_slice_weights_split_labelled_and_unlabelled_slices():
     target = _gland_with_small_base()
     logits = torch.randn(1, 2, 8, 16, 16, generator=torch.Generator().manual_seed(0))
     only = torch.tensor([True])
     base = float(PartialLabelDiceCE()(logits, target, only))
-    assert float(PartialLabelDiceCE(0.0)(logits, target, only)) == pytest.approx(base)
-    term = float(slice_presence_loss(logits, target))
-    assert float(PartialLabelDiceCE(0.5)(logits, target, only)) == pytest.approx(base + 0.5 * term, rel=1e-5)
-    with pytest.raises(ValueError, match="slice_presence_weight"):
-        PartialLabelDiceCE(-1.0)
+    assert float(PartialLabelDiceCE(0.0, 0.0)(logits, target, only)) == pytest.approx(base)
+    both = float(slice_presence_loss(logits, target))
+    labelled = float(slice_presence_loss(logits, target, 1.0, 0.0))
+    unlabelled = float(slice_presence_loss(logits, target, 0.0, 1.0))
+    assert labelled > 0 and unlabelled > 0 and labelled + unlabelled == pytest.approx(both, rel=1e-5)
+    assert float(PartialLabelDiceCE(0.5, 0.5)(logits, target, only)) == pytest.approx(base + 0.5 * both, rel=1e-5)
+    assert float(PartialLabelDiceCE(2.0)(logits, target, only)) == pytest.approx(base + 2 * labelled, rel=1e-5)
+    # one-sided: a gland predicted past the labelled base costs nothing, a missed base slice does
+    beyond = target.clone()
+    beyond[0, 0, 7, 7:9, 7:9] = 1
+    exact, over = _onehot_logits(target, 2, margin=6.0), _onehot_logits(beyond, 2, margin=6.0)
+    assert float(slice_presence_loss(over, target, 1.0, 0.0)) == pytest.approx(
+        float(slice_presence_loss(exact, target, 1.0, 0.0)), abs=1e-6
+    )
+    with pytest.raises(ValueError, match="slice_absence_weight"):
+        PartialLabelDiceCE(0.0, -1.0)
     with pytest.raises(ConfigError, match="slice_presence_weight"):
         load_config(None, ["train.slice_presence_weight=-0.5"])
-    cfg = load_config(REPO / "training" / "configs" / "default_wholegland_presence.yaml")
-    assert cfg.train.slice_presence_weight == 1.0 and cfg.model.version == "1.3.0"
+    c = load_config(REPO / "training" / "configs" / "default_wholegland_presence.yaml").train
+    d = load_config(REPO / "training" / "configs" / "default_wholegland_presence_onesided.yaml").train
+    assert (c.slice_presence_weight, c.slice_absence_weight) == (1.0, 1.0)
+    assert (d.slice_presence_weight, d.slice_absence_weight) == (1.0, 0.0)
 
 
 # --- a tiny run -------------------------------------------------------------------

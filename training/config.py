@@ -118,10 +118,12 @@ class TrainConfig:
     #: model's) or a training checkpoint (.pt); the architecture must match ``model``. The optimizer, learning-rate
     #: schedule and epochs start afresh. "" = random initialisation. ``--resume`` takes precedence.
     init_from: str = ""
-    #: weight of the slice-presence term added to Dice + cross-entropy (0 = off): per z-slice of
-    #: a patch, the largest foreground probability against whether the label has the gland there
-    #: (see training/losses.py); it targets missed base/apex slices and slices predicted past them
+    #: slice terms added to Dice + cross-entropy (0 = off; see training/losses.py): per z-slice of a
+    #: patch, binary cross-entropy of the largest foreground probability against whether the label
+    #: has the gland there. ``slice_presence_weight`` weighs the labelled slices (missed base/apex
+    #: slices), ``slice_absence_weight`` the others (gland predicted past the labelled extent)
     slice_presence_weight: float = 0.0
+    slice_absence_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -249,7 +251,7 @@ def _validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"model.patch_size_zyx {m.patch_size_zyx} must be a multiple of {div} (the pooling)")
     if t.epochs < 1 or t.iterations_per_epoch < 1 or t.batch_size < 1:
         raise ConfigError("train.epochs, train.iterations_per_epoch and train.batch_size must be at least 1")
-    if t.slice_presence_weight < 0:
-        raise ConfigError("train.slice_presence_weight must be >= 0")
+    if t.slice_presence_weight < 0 or t.slice_absence_weight < 0:
+        raise ConfigError("train.slice_presence_weight and train.slice_absence_weight must be >= 0")
     if not m.structures:
         raise ConfigError("model.structures must name at least one structure")

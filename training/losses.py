@@ -5,13 +5,14 @@ zone ends and the transition zone begins. For such a case a zonal model's
 probabilities are merged into (background, gland = PZ + TZ) and only that is
 supervised, so the zones are learnt from the cases that have them.
 
-An optional slice-presence term (``slice_presence_weight``) asks, for every
-slice of the patch along z, whether the gland is there at all: the slice's
-largest foreground probability (1 - background) against "the label has a
-gland voxel in this slice", as binary cross-entropy (multiple-instance
-learning with max pooling). Voxel-wise Dice and cross-entropy barely notice
-a missed base slice of 1 cm^2; this term weighs it like any other slice, and
-equally penalises a gland predicted beyond the labelled apex or base.
+Optional slice terms ask, for every slice of the patch along z, whether the
+gland is there at all: the slice's largest foreground probability (1 -
+background) against "the label has a gland voxel in this slice", as binary
+cross-entropy (multiple-instance learning with max pooling). Voxel-wise Dice
+and cross-entropy barely notice a missed base slice of 1 cm^2; these terms
+weigh it like any other slice. ``slice_presence_weight`` weighs the labelled
+slices (the gland must be found there), ``slice_absence_weight`` the others
+(no gland predicted past the labelled apex or base).
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from monai.losses import DiceCELoss
 class PartialLabelDiceCE(torch.nn.Module):
     """``(logits (N, C, z, y, x), target (N, 1, z, y, x) int, gland_only (N,) bool) -> scalar``."""
 
-    def __init__(self, slice_presence_weight: float = 0.0) -> None:
+    def __init__(self, slice_presence_weight: float = 0.0, slice_absence_weight: float = 0.0) -> None:
         super().__init__()
-        if slice_presence_weight < 0:
-            raise ValueError(f"slice_presence_weight must be >= 0, not {slice_presence_weight}")
+        for name, w in (("slice_presence_weight", slice_presence_weight), ("slice_absence_weight", slice_absence_weight)):
+            if w < 0:
+                raise ValueError(f"{name} must be >= 0, not {w}")
         self.full = DiceCELoss(to_onehot_y=True, softmax=True, batch=False)
-        self.slice_presence_weight = float(slice_presence_weight)
+        self.slice_weights = (float(slice_presence_weight), float(slice_absence_weight))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, gland_only: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
@@ -43,8 +45,8 @@ class PartialLabelDiceCE(torch.nn.Module):
             merged = torch.stack([p[:, 0], p[:, 1:].sum(1)], dim=1).clamp(1e-6, 1.0)
             losses.append(self._merged_loss(merged, target[m]) * m.sum())
         loss = torch.stack(losses).sum() / target.shape[0]
-        if self.slice_presence_weight:
-            loss = loss + self.slice_presence_weight * slice_presence_loss(logits, target)
+        if any(self.slice_weights):
+            loss = loss + slice_presence_loss(logits, target, *self.slice_weights)
         return loss
 
     @staticmethod
@@ -59,13 +61,18 @@ class PartialLabelDiceCE(torch.nn.Module):
         return dice.mean() + ce
 
 
-def slice_presence_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean over samples and z-slices of BCE(max over (y, x) of P(foreground), gland in the slice).
+def slice_presence_loss(
+    logits: torch.Tensor, target: torch.Tensor, labelled_weight: float = 1.0, unlabelled_weight: float = 1.0
+) -> torch.Tensor:
+    """Weighted BCE(max over (y, x) of P(foreground), gland in the slice), averaged over samples and z-slices.
 
     ``logits (N, C, z, y, x)``, ``target (N, 1, z, y, x)`` with 0 = background; any
     foreground class counts, so whole-gland and zonal labels are treated alike.
+    Slices holding label weigh ``labelled_weight``, the others ``unlabelled_weight``;
+    the mean is over all ``N * z`` slices, so with both weights 1 it is the plain mean BCE.
     """
     p_fg = 1.0 - torch.softmax(logits.float(), dim=1)[:, 0]  # (N, z, y, x)
     predicted = p_fg.amax(dim=(2, 3)).clamp(1e-6, 1.0 - 1e-6)  # (N, z)
-    present = (target[:, 0] > 0).any(dim=3).any(dim=2).float()  # (N, z)
-    return torch.nn.functional.binary_cross_entropy(predicted, present)
+    present = (target[:, 0] > 0).any(dim=3).any(dim=2)  # (N, z)
+    weights = torch.where(present, labelled_weight, unlabelled_weight).to(predicted.dtype)
+    return torch.nn.functional.binary_cross_entropy(predicted, present.to(predicted.dtype), weight=weights)

@@ -377,7 +377,7 @@ def fit(run: Run) -> Dict[str, float]:
     model = run.model
     if run.world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
-    loss_fn = PartialLabelDiceCE(run.cfg.train.slice_presence_weight)
+    loss_fn = PartialLabelDiceCE(run.cfg.train.slice_presence_weight, run.cfg.train.slice_absence_weight)
     logger = Logger(run.out, run.rank == 0)
     start = time.monotonic() - run.elapsed_s
     metrics: Dict[str, float] = {}
