@@ -26,7 +26,10 @@ class PartialLabelDiceCE(torch.nn.Module):
 
     def __init__(self, slice_presence_weight: float = 0.0, slice_absence_weight: float = 0.0) -> None:
         super().__init__()
-        for name, w in (("slice_presence_weight", slice_presence_weight), ("slice_absence_weight", slice_absence_weight)):
+        for name, w in (
+            ("slice_presence_weight", slice_presence_weight),
+            ("slice_absence_weight", slice_absence_weight),
+        ):
             if w < 0:
                 raise ValueError(f"{name} must be >= 0, not {w}")
         self.full = DiceCELoss(to_onehot_y=True, softmax=True, batch=False)
