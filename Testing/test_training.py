@@ -258,8 +258,12 @@ def test_a_run_writes_its_folder(tiny_run):
         split = {r["case_id"]: r["split"] for r in csv.DictReader(f)}
     assert split == {"c0": "train", "c1": "train", "c2": "validation"}
     with open(tiny_run / "log.csv", newline="", encoding="utf-8") as f:
-        keys = {r["key"] for r in csv.DictReader(f) if r["epoch"] == "1"}
-    assert {"train_loss", "lr", "val_dice_prostate", "val_dice_mean"} <= keys
+        logged = {r["key"]: float(r["value"]) for r in csv.DictReader(f) if r["epoch"] == "1"}
+    assert {"train_loss", "lr", "val_dice_prostate", "val_dice_mean", "val_slices_missed_gland"} <= set(logged)
+    # a count of the validation case's labelled slices without a predicted gland voxel on them
+    ref = sitk.GetArrayFromImage(sitk.ReadImage(str(tiny_run.parent / "pairs" / "c2_label.nii.gz")))
+    missed = logged["val_slices_missed_gland"]
+    assert missed == int(missed) and 0 <= missed <= (ref > 0).any(axis=(1, 2)).sum()
     summary = json.loads((tiny_run / "summary.json").read_text(encoding="utf-8"))
     assert summary["epochs"] == 1 and summary["best_epoch"] == 1 and 0.0 <= summary["best_val_dice"] <= 1.0
     assert load_config(tiny_run / "config.yaml").model.id == "tiny-run"  # the copied config reads back

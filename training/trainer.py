@@ -298,7 +298,12 @@ def train_epoch(run: Run, batches, loss_fn, model, progress: float) -> float:
 
 @torch.no_grad()
 def validate(run: Run) -> Dict[str, float]:
-    """Dice per structure on whole validation volumes (model grid): Gaussian sliding window, overlap 0.25, no post-processing."""
+    """Dice per structure on whole validation volumes (model grid): Gaussian sliding window, overlap 0.25, no post-processing.
+
+    ``slices_missed_gland``: labelled z-slices, summed over the validation volumes, where no
+    predicted gland voxel lies on the reference (``evaluate.anatomy_checks``; a missed base or apex).
+    """
+    from training.evaluate import anatomy_checks
     from UNetSegmentLib.sliding_window import sliding_window
 
     model = _bare(run.model)
@@ -306,6 +311,7 @@ def validate(run: Run) -> Dict[str, float]:
     names = list(run.cfg.model.structures)
     per_structure: Dict[str, List[float]] = {n: [] for n in names}
     gland: List[float] = []
+    missed = 0.0
     for v in run.val:
         x = torch.from_numpy(v.image)[None, None].to(run.device)
         with autocast(run):
@@ -313,6 +319,7 @@ def validate(run: Run) -> Dict[str, float]:
         pred = logits.float().argmax(1)[0].cpu().numpy()
         t = v.target
         gland.append(_dice(pred > 0, t > 0))
+        missed += anatomy_checks(pred > 0, t > 0)["slices_missed"]
         if v.kind != GLAND:
             for i, n in enumerate(names, start=1):
                 per_structure[n].append(_dice(pred == i, t == i))
@@ -321,6 +328,7 @@ def validate(run: Run) -> Dict[str, float]:
     metrics["dice_mean"] = float(
         np.mean([metrics[f"dice_{n}"] for n in names if f"dice_{n}" in metrics] or [metrics["dice_gland"]])
     )
+    metrics["slices_missed_gland"] = missed
     return metrics
 
 
