@@ -179,7 +179,8 @@ def test_slice_weights_split_labelled_and_unlabelled_slices():
     assert labelled > 0 and unlabelled > 0 and labelled + unlabelled == pytest.approx(both, rel=1e-5)
     assert float(PartialLabelDiceCE(0.5, 0.5)(logits, target, only)) == pytest.approx(base + 0.5 * both, rel=1e-5)
     assert float(PartialLabelDiceCE(2.0)(logits, target, only)) == pytest.approx(base + 2 * labelled, rel=1e-5)
-    # one-sided: a gland predicted past the labelled base costs nothing, a missed base slice does
+    # one-sided: a gland predicted past the labelled base costs nothing (a missed base slice costs:
+    # test_slice_presence_weighs_a_missed_base_slice_that_dice_barely_sees)
     beyond = target.clone()
     beyond[0, 0, 7, 7:9, 7:9] = 1
     exact, over = _onehot_logits(target, 2, margin=6.0), _onehot_logits(beyond, 2, margin=6.0)
@@ -260,7 +261,8 @@ def test_a_run_writes_its_folder(tiny_run):
     with open(tiny_run / "log.csv", newline="", encoding="utf-8") as f:
         logged = {r["key"]: float(r["value"]) for r in csv.DictReader(f) if r["epoch"] == "1"}
     assert {"train_loss", "lr", "val_dice_prostate", "val_dice_mean", "val_slices_missed_gland"} <= set(logged)
-    # a count of the validation case's labelled slices without a predicted gland voxel on them
+    # a count of the validation case's labelled slices without a predicted gland voxel on them; the
+    # count is taken on the model grid, whose z spacing (3 mm) is the fixture's, so the file's slices bound it
     ref = sitk.GetArrayFromImage(sitk.ReadImage(str(tiny_run.parent / "pairs" / "c2_label.nii.gz")))
     missed = logged["val_slices_missed_gland"]
     assert missed == int(missed) and 0 <= missed <= (ref > 0).any(axis=(1, 2)).sum()
