@@ -474,6 +474,24 @@ def test_model_choices_and_offline_import(slicer_env, tiny_package):
     assert all(c.id != "tiny-test-model" for c in logic.modelChoices())
 
 
+def test_model_choices_offer_only_a_newer_release_from_the_catalogue(slicer_env, tiny_package, monkeypatch):
+    logic = _logic(slicer_env)
+    logic.importModelZip(str(tiny_package.to_zip(slicer_env.tmp / "m.zip")))  # tiny-test-model 0.0.1
+
+    def entry(model_id, version):
+        url = f"https://example.org/{model_id}-{version}.zip"
+        return {"id": model_id, "version": version, "name": model_id, "url": url, "sha256": "ab" * 32, "size": 1}
+
+    listed = [entry("tiny-test-model", v) for v in ("0.0.0", "0.0.1", "0.0.3", "0.0.2")]
+    listed += [entry("other-model", v) for v in ("1.0.0", "1.1.0")]
+    catalogue = slicer_env.tmp / "versions.json"
+    catalogue.write_text(json.dumps({"format_version": 1, "models": listed}), encoding="utf-8")
+    monkeypatch.setenv("UNETSEGMENT_CATALOGUE", str(catalogue))
+    specs = {c.spec: c.installed for c in logic.modelChoices() if c.id in ("tiny-test-model", "other-model")}
+    # installed 0.0.1 stays; the newest release is offered; older and in-between releases are not
+    assert specs == {"tiny-test-model@0.0.1": True, "tiny-test-model@0.0.3": False, "other-model@1.1.0": False}
+
+
 def test_dependencies_are_installed_with_confirmation_and_pinned(slicer_env, monkeypatch):
     from UNetSegmentLogicLib import dependencies
 

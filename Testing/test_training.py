@@ -411,8 +411,8 @@ def test_export_cli_last_checkpoint_into_a_catalogue(tiny_run, tmp_path, capsys)
         "sha256": "ab" * 32,
         "size": 1,
     }
-    stale = {"id": "tiny-run", "version": "0.0.9", "url": "https://example.org/t.zip", "sha256": "cd" * 32, "size": 1}
-    catalogue.write_text(json.dumps({"format_version": 1, "models": [stale, other]}), encoding="utf-8")
+    older = {"id": "tiny-run", "version": "0.0.0", "url": "https://example.org/t.zip", "sha256": "cd" * 32, "size": 1}
+    catalogue.write_text(json.dumps({"format_version": 1, "models": [other, older]}), encoding="utf-8")
     out = tmp_path / "tiny-run"
     url = "https://example.org/tiny-run.zip"
     assert main([str(tiny_run), str(out), "--checkpoint", "last.pt", "--catalogue", str(catalogue), "--url", url]) == 0
@@ -420,9 +420,12 @@ def test_export_cli_last_checkpoint_into_a_catalogue(tiny_run, tmp_path, capsys)
     last = torch.load(tiny_run / "last.pt", map_location="cpu", weights_only=False)
     assert pkg.info.training["checkpoint"] == "last.pt" and pkg.info.training["epochs"] == last["epoch"]
     assert all(torch.equal(v, last["model"][k]) for k, v in pkg.build_network().state_dict().items())
-    entries = {e.id: e for e in load_catalogue(str(catalogue))}
-    assert sorted(entries) == ["other-model", "tiny-run"] and entries["other-model"].sha256 == "ab" * 32
-    new = entries["tiny-run"]
+    listed = [(e.id, e.version) for e in load_catalogue(str(catalogue))]
+    # the older release stays listed (a rollback: --model tiny-run@0.0.0), the other model untouched
+    assert listed == [("other-model", "2.0.0"), ("tiny-run", "0.0.0"), ("tiny-run", pkg.info.version)]
+    entries = {(e.id, e.version): e for e in load_catalogue(str(catalogue))}
+    assert entries[("other-model", "2.0.0")].sha256 == "ab" * 32 and entries[("tiny-run", "0.0.0")].sha256 == "cd" * 32
+    new = entries[("tiny-run", pkg.info.version)]
     assert (new.version, new.url) == (pkg.info.version, url)
     assert (new.sha256, new.size) == (sha256_file(out.with_suffix(".zip")), out.with_suffix(".zip").stat().st_size)
     # evaluation results recorded from evaluate.py folders
@@ -451,6 +454,11 @@ def test_export_cli_last_checkpoint_into_a_catalogue(tiny_run, tmp_path, capsys)
     assert main([str(tiny_run), str(tmp_path / "v2"), "--version", "2.0.1"]) == 0
     assert ModelPackage.load(tmp_path / "v2").info.version == "2.0.1"
     assert main([str(tiny_run), str(tmp_path / "v3"), "--version", "latest"]) == 1
+    # exporting a version the catalogue lists again replaces that entry, not adds a second one
+    again = ["--catalogue", str(catalogue), "--url", "https://example.org/rebuilt.zip"]
+    assert main([str(tiny_run), str(tmp_path / "rebuilt"), *again]) == 0
+    relisted = {(e.id, e.version): e.url for e in load_catalogue(str(catalogue))}
+    assert len(relisted) == 3 and relisted[("tiny-run", pkg.info.version)] == "https://example.org/rebuilt.zip"
     # a file that is not a catalogue is not overwritten
     capsys.readouterr()
     bad = tmp_path / "bad.json"

@@ -3,8 +3,8 @@
 Reads the run's ``config.yaml``, ``best.pt``, ``summary.json`` and
 ``split.csv``; writes ``OUT_DIR`` (weights.safetensors + model.json) and, with
 ``--zip``, ``OUT_DIR.zip`` plus a catalogue entry (JSON) with its sha256;
-``--catalogue FILE`` also puts that entry into a catalogue file, replacing the
-model's earlier entry there. ``--checkpoint last.pt`` exports the end of the
+``--catalogue FILE`` also puts that entry into a catalogue file, beside the
+model's other versions (an entry of the same version is replaced). ``--checkpoint last.pt`` exports the end of the
 schedule instead of the epoch with the best validation Dice, so that Dice
 measured on the validation cases is not inflated by choosing among epochs.
 """
@@ -164,15 +164,20 @@ def metrics_from_evaluation(eval_dir: Path) -> Dict[str, Any]:
 
 
 def update_catalogue(catalogue: Path, entry: Dict[str, Any]) -> None:
-    """Put ``entry`` into the catalogue file (created when absent), replacing any entry of the same model id."""
-    from UNetSegmentLib.store import CATALOGUE_FORMAT_VERSION, parse_catalogue
+    """Put ``entry`` into the catalogue file (created when absent).
+
+    An entry of the same model id and version is replaced; other versions of the model
+    stay listed, so a release can be rolled back with ``--model id@version``.
+    """
+    from UNetSegmentLib.store import CATALOGUE_FORMAT_VERSION, parse_catalogue, version_key
 
     doc: Dict[str, Any] = {"format_version": CATALOGUE_FORMAT_VERSION, "models": []}
     if catalogue.exists():
         doc = json.loads(catalogue.read_text(encoding="utf-8"))
         parse_catalogue(doc, name=str(catalogue))  # refuse to rewrite a file that is not a catalogue
-    models = [m for m in doc.get("models", []) if m.get("id") != entry["id"]] + [entry]
-    doc["models"] = sorted(models, key=lambda m: m["id"])
+    same = (entry["id"], entry["version"])
+    models = [m for m in doc.get("models", []) if (m.get("id"), m.get("version")) != same] + [entry]
+    doc["models"] = sorted(models, key=lambda m: (m["id"], version_key(m["version"])))
     parse_catalogue(doc, name=str(catalogue))
     tmp = catalogue.with_name(catalogue.name + ".part")
     tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

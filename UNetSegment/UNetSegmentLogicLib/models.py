@@ -65,12 +65,15 @@ def _trainedOn(training: Dict[str, Any], license: Dict[str, Any]) -> Tuple[str, 
 def listModelChoices(store: Any, defaultId: Optional[str] = None) -> List[ModelChoice]:
     """Installed models first (newest version first), then catalogue models not installed.
 
-    The default model comes first in each group. A catalogue that cannot be
-    read (offline with a remote catalogue) just contributes nothing.
+    The default model comes first in each group. From the catalogue only the newest
+    version of each model is offered, and only when it is newer than every installed
+    version: an older release is not something to download by accident (the command line
+    still takes ``--model id@version``). A catalogue that cannot be read (offline with a
+    remote catalogue) just contributes nothing.
     """
     from UNetSegmentLib.labels import STRUCTURES
     from UNetSegmentLib.model_package import ModelPackageError
-    from UNetSegmentLib.store import DownloadError
+    from UNetSegmentLib.store import DownloadError, version_key
 
     choices: List[ModelChoice] = []
     seen = set()
@@ -94,9 +97,16 @@ def listModelChoices(store: Any, defaultId: Optional[str] = None) -> List[ModelC
         catalogue = store.catalogue
     except (ModelPackageError, DownloadError, OSError):
         catalogue = []
+    newest: Dict[str, Any] = {}
+    for modelId, version in seen:
+        newest[modelId] = max(newest.get(modelId, (-1,)), version_key(version))
+    offered: Dict[str, Any] = {}
     for entry in catalogue:
-        if (entry.id, entry.version) in seen:
-            continue
+        if version_key(entry.version) <= newest.get(entry.id, (-1,)):
+            continue  # installed, or older than an installed version
+        if entry.id not in offered or version_key(entry.version) > version_key(offered[entry.id].version):
+            offered[entry.id] = entry
+    for entry in offered.values():
         choices.append(
             ModelChoice(
                 id=entry.id,
