@@ -16,7 +16,7 @@ from conftest import REPO
 
 from UNetSegmentLib.labels import PLAUSIBLE_GLAND_ML
 from UNetSegmentLib.model_package import ModelPackage, sha256_file
-from UNetSegmentLib.store import BUILTIN_CATALOGUE, BUNDLED_DIR, DEFAULT_MODEL_ID, load_catalogue
+from UNetSegmentLib.store import BUILTIN_CATALOGUE, BUNDLED_DIR, DEFAULT_MODEL_ID, load_catalogue, version_key
 
 EVAL_DIR = REPO / "docs" / "default_model" / "eval_promise12_validation"
 
@@ -28,8 +28,11 @@ def bundled() -> ModelPackage:
 
 def test_catalogue_entry_is_the_bundled_package_zipped(bundled, tmp_path):
     entries = [e for e in load_catalogue(str(BUILTIN_CATALOGUE)) if e.id == DEFAULT_MODEL_ID]
-    assert [e.version for e in entries] == [bundled.info.version]
-    entry = entries[0]
+    # the newest version listed is the bundled one; earlier releases stay listed for a rollback
+    entry = max(entries, key=lambda e: version_key(e.version))
+    assert entry.version == bundled.info.version
+    assert len({e.version for e in entries}) == len(entries)
+    assert all(e.url.endswith(f"/{DEFAULT_MODEL_ID}-{e.version}.zip") for e in entries)
     zip_path = bundled.to_zip(tmp_path / f"{DEFAULT_MODEL_ID}-{entry.version}.zip")
     assert (sha256_file(zip_path), zip_path.stat().st_size) == (entry.sha256, entry.size)
     assert entry.url.endswith(zip_path.name)

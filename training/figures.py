@@ -97,7 +97,7 @@ def learning_curve(log: Dict[str, List[Tuple[int, float]]], path: Path, schedule
         e, v = zip(*log["train_loss"])
         a1.plot(e, v, color="tab:red")
     a1.set_xlabel("epoch")
-    a1.set_ylabel("training loss (Dice + CE)")
+    a1.set_ylabel("training loss (each run's own)")
     a1.grid(alpha=0.3)
     for key in sorted(k for k in log if k.startswith("val_dice")):
         e, v = zip(*log[key])

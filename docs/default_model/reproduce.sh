@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Rebuild the default model prostate-wholegland-t2 from ../shared/data: train (a first
-# schedule, then a shorter fine-tuning one from its last weights), evaluate, package
-# (metrics, model card, catalogue entry) and write the evaluation report.
+# schedule, a shorter fine-tuning one from its last weights, then a third short one with the
+# slice-presence loss), evaluate, package (metrics, model card, catalogue entry) and write
+# the evaluation report.
 #
-#   bash docs/default_model/reproduce.sh            # all steps (training takes ~5.5 h on a 2-core CPU)
+#   bash docs/default_model/reproduce.sh            # all steps (training takes ~6.5 h on a 2-core CPU)
 #   SKIP_TRAINING=1 bash docs/default_model/reproduce.sh   # evaluate and package existing runs
 #
 # Run from the repository root. The model card is taken from the bundled package
@@ -12,8 +13,10 @@ set -euo pipefail
 
 BASE_CONFIG=training/configs/default_wholegland.yaml
 BASE_RUN=runs/default-wholegland
-CONFIG=training/configs/default_wholegland_finetune.yaml
-RUN=runs/default-wholegland-finetune
+FINETUNE_CONFIG=training/configs/default_wholegland_finetune.yaml
+FINETUNE_RUN=runs/default-wholegland-finetune
+CONFIG=training/configs/default_wholegland_presence_onesided.yaml
+RUN=runs/default-wholegland-presence-onesided
 PKG=UNetSegmentLib/models/prostate-wholegland-t2
 DOC=docs/default_model
 PROSTATEX=../shared/data/prostatex/ProstateX-0000
@@ -29,7 +32,8 @@ ZIP_URL="https://github.com/unetsegment/UNetSegment/releases/download/v$VERSION/
 
 if [ -z "${SKIP_TRAINING:-}" ]; then
     python training/train.py --config "$BASE_CONFIG"
-    python training/train.py --config "$CONFIG"   # init_from: the first run's last.pt
+    python training/train.py --config "$FINETUNE_CONFIG"   # init_from: the first run's last.pt
+    python training/train.py --config "$CONFIG"            # init_from: the fine-tuning's last.pt
 fi
 
 # 1. a draft package of the last epoch (not the best one: the validation cases must not pick the model)
@@ -66,7 +70,7 @@ cp -r "$WORK/$(basename "$PKG")" "$PKG"
 
 # 4. the report, with figures; the predictions served its overlays and are not kept
 rm -rf "$DOC/report"
-python training/benchmark.py --model "$PKG" --run "$BASE_RUN" --run "$RUN" -o "$DOC/report" \
+python training/benchmark.py --model "$PKG" --run "$BASE_RUN" --run "$FINETUNE_RUN" --run "$RUN" -o "$DOC/report" \
     --title "prostate-wholegland-t2 $VERSION: evaluation report" \
     --eval "$DOC/eval_promise12_validation" --eval "$DOC/eval_promise12_validation_fast" \
     --eval "$DOC/eval_promise12_validation_best" \
