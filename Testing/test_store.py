@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -42,7 +41,9 @@ class FileServer:
         self.files: Dict[str, bytes] = {}
         self.requests: List[Dict[str, Optional[str]]] = []
         self.drop_first = False  # first request: send half the body, then close the socket
-        self.stall_first = 0.0  # first request: send half the body, then go silent for this many seconds
+        self.stall_first = 0.0  # first request: send half the body, then go silent for up to this many seconds
+        self.stalling = False  # the first request is silent now (until `release` is set or stall_first passes)
+        self.release = threading.Event()
         self.ignore_range = False
         self.body_limit: Optional[int] = None  # every request: send at most this many body bytes, then close
         owner = self
@@ -52,7 +53,9 @@ class FileServer:
                 pass
 
             def do_GET(self) -> None:
-                owner.requests.append({"path": self.path, "range": self.headers.get("Range")})
+                owner.requests.append(
+                    {"path": self.path, "range": self.headers.get("Range"), "during_stall": owner.stalling}
+                )
                 first = len(owner.requests) == 1
                 body = owner.files.get(self.path)
                 if body is None:
@@ -71,7 +74,10 @@ class FileServer:
                 if first and (owner.drop_first or owner.stall_first):
                     self.wfile.write(payload[: len(payload) // 2])
                     self.wfile.flush()
-                    time.sleep(owner.stall_first)
+                    if owner.stall_first:
+                        owner.stalling = True
+                        owner.release.wait(owner.stall_first)
+                        owner.stalling = False
                     return  # HTTP/1.0: the connection closes here
                 self.wfile.write(payload if owner.body_limit is None else payload[: owner.body_limit])
 
@@ -82,6 +88,7 @@ class FileServer:
 
     def stop(self) -> None:
         """Stop serving (idempotent): later requests are refused."""
+        self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -294,12 +301,12 @@ def test_server_ignoring_range_restarts_cleanly(server, tmp_path, package_zip):
 
 
 def test_read_timeout_resumes(server, tmp_path, package_zip):
-    server.stall_first = 1.5
+    server.stall_first = 60.0  # silent until released: only a read timeout lets the download go on
     store = _serving_store(server, tmp_path, package_zip)
-    t0 = time.monotonic()
     pkg = store.download(MODEL_ID, timeout=0.3)
-    assert time.monotonic() - t0 < 1.4, "the stalled read did not time out"
-    assert server.requests[1]["range"] is not None
+    server.release.set()
+    assert len(server.requests) == 2 and server.requests[1]["range"] is not None
+    assert server.requests[1]["during_stall"], "the stalled read did not time out: the resume came after the stall"
     ModelPackage.load(pkg.path, verify=True)
 
 
