@@ -63,6 +63,12 @@ class DataConfig:
     foreground_fraction: float = 0.67
     #: validation cases chosen per group (centre) when a source names none
     validation_per_group: int = 0
+    #: k-fold cross-validation by patient (0 = off, else >= 2): the validation cases are fold
+    #: ``fold`` (0 .. folds-1) of the labelled cases, dealt out per source and group (centre)
+    #: in a seeded order, so every fold mixes the centres; ``validation_per_group`` is then
+    #: not used, and cases of an official test split stay test. See training/crossval.py.
+    folds: int = 0
+    fold: int = 0
 
 
 @dataclass(frozen=True)
@@ -255,3 +261,8 @@ def _validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("train.slice_presence_weight and train.slice_absence_weight must be >= 0")
     if not m.structures:
         raise ConfigError("model.structures must name at least one structure")
+    d = cfg.data
+    if d.folds == 1 or d.folds < 0:
+        raise ConfigError(f"data.folds must be 0 (no cross-validation) or at least 2, not {d.folds}")
+    if not 0 <= d.fold < max(d.folds, 1):
+        raise ConfigError(f"data.fold must be between 0 and {max(d.folds - 1, 0)} (data.folds={d.folds}), not {d.fold}")

@@ -236,19 +236,19 @@ def cases_from_data(
 ) -> List[Case]:
     """Labelled cases of a training config (YAML), a run folder (with ``config.yaml``) or a folder of pairs.
 
-    A config's cases and split are those of training (``training.data.registry.read_all``
+    A config's cases and split are those of training (``training.data.registry.config_cases``
     with its seed), so ``split="validation"`` (the default for configs) gives
     the cases the run held out. A folder of pairs defaults to ``"all"``.
     """
     from training.config import load_config
-    from training.data.registry import read_all
+    from training.data.registry import config_cases
 
     path = Path(data)
     if path.is_dir() and (path / "config.yaml").is_file():
         path = path / "config.yaml"
     if path.is_file():
         cfg = load_config(path)
-        cases = read_all(cfg.data.sources, cfg.data.validation_per_group, cfg.train.seed)
+        cases = config_cases(cfg)
         split = split or "validation"
     elif path.is_dir():
         from training.data.pairs import read_pairs

@@ -23,7 +23,7 @@ from UNetSegmentLib.preprocessing import PreprocessingSpec
 
 from .config import ConfigError, ExperimentConfig, from_dict
 from .data import Case
-from .data.registry import read_all
+from .data.registry import config_cases
 from .dataset import GLAND, PatchSampler, Volume, build_augment, load_volume
 from .losses import PartialLabelDiceCE
 
@@ -97,7 +97,7 @@ def setup_distributed() -> tuple:
 
 def load_data(cfg: ExperimentConfig, out: Path) -> tuple:
     """Read the sources, split by patient, and preprocess every case (cached)."""
-    cases = read_all(cfg.data.sources, cfg.data.validation_per_group, cfg.train.seed)
+    cases = config_cases(cfg)
     spec = preprocessing_spec(cfg)
     cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out / "cache"
     train_cases = [c for c in cases if c.split == "train" and c.label]

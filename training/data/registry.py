@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from dataclasses import replace
-from typing import Dict, List
+from typing import Dict, List, Set, Tuple
 
-from ..config import DatasetSource
+from ..config import DatasetSource, ExperimentConfig
 from . import Case
 
 FORMATS = ("nci_isbi", "msd", "promise12", "pairs", "synthetic")
@@ -64,18 +64,67 @@ def assign_validation(cases: List[Case], ids: List[str], per_group: int, seed: i
     return [replace(c, split="validation") if c.case_id in chosen and c.split == "train" else c for c in cases]
 
 
-def read_all(sources: List[DatasetSource], per_group: int, seed: int) -> List[Case]:
-    """Read every source and assign validation; case ids must be unique across sources."""
+def assign_fold(cases: List[Case], foldable: Set[str], folds: int, fold: int, seed: int) -> List[Case]:
+    """Cross-validation: fold ``fold`` of ``folds`` becomes the validation cases, the rest train.
+
+    The labelled train and validation cases named in ``foldable`` are ranked within each
+    (source, group) by a seeded hash and dealt out to the folds in turn, the count running
+    on from one group to the next: every fold mixes the centres, and fold sizes differ by at
+    most one. Other cases (test, unlabelled, sources kept out of validation) are untouched.
+    """
+
+    def folded(c: Case) -> bool:
+        return c.case_id in foldable and bool(c.label) and c.split in ("train", "validation")
+
+    groups: Dict[Tuple[str, str], List[Case]] = defaultdict(list)
+    for c in cases:
+        if folded(c):
+            groups[(c.source, c.group)].append(c)
+    n = sum(len(g) for g in groups.values())
+    if n < folds:
+        raise ValueError(f"data.folds={folds} needs at least {folds} labelled cases to divide; there are {n}")
+    chosen: Set[str] = set()
+    dealt = 0
+    for key in sorted(groups):
+        for c in sorted(groups[key], key=lambda c: _rank(c.case_id, seed)):
+            if dealt % folds == fold:
+                chosen.add(c.case_id)
+            dealt += 1
+    return [replace(c, split="validation" if c.case_id in chosen else "train") if folded(c) else c for c in cases]
+
+
+def read_all(sources: List[DatasetSource], per_group: int, seed: int, folds: int = 0, fold: int = 0) -> List[Case]:
+    """Read every source and assign validation; case ids must be unique across sources.
+
+    With ``folds`` (cross-validation) the validation cases are fold ``fold`` of the cases
+    of every source used for validation (:func:`assign_fold`) instead of ``per_group`` per centre.
+    """
     out: List[Case] = []
+    foldable: Set[str] = set()
     for src in sources:
         cases = read_source(src)
-        if src.use_for_validation:
-            cases = assign_validation(cases, list(src.validation), per_group, seed)
-        else:
+        if not src.use_for_validation:
             cases = [replace(c, split="train") if c.split == "validation" else c for c in cases]
+        elif folds:
+            if src.validation:
+                raise ValueError(
+                    f"data.folds: cross-validation chooses the validation cases itself, but the {src.format} "
+                    f"source at {src.path} lists its own ({', '.join(src.validation[:3])}); remove that list"
+                )
+            foldable.update(c.case_id for c in cases)
+        else:
+            cases = assign_validation(cases, list(src.validation), per_group, seed)
         out.extend(cases)
     ids = [c.case_id for c in out]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
         raise ValueError(f"case ids repeat across sources: {dup[:5]}")
+    if folds:
+        out = assign_fold(out, foldable, folds, fold, seed)
     return out
+
+
+def config_cases(cfg: ExperimentConfig) -> List[Case]:
+    """The cases of an experiment config, each with its split (validation, or the cross-validation fold)."""
+    d = cfg.data
+    return read_all(d.sources, d.validation_per_group, cfg.train.seed, d.folds, d.fold)

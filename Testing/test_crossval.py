@@ -1,0 +1,205 @@
+"""Cross-validation by patient: the folds, the recipe's stages chained per fold, pooling, comparing."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+import yaml
+from conftest import REPO, synthetic_image
+
+from training.config import ConfigError, load_config
+from training.data import Case
+from training.data.registry import assign_fold, read_all
+
+
+def _cases():
+    cases = [
+        Case(f"{g}{i}", f"{g}{i}.nii.gz", f"{g}{i}_label.nii.gz", group=g, source="s")
+        for g, n in (("A", 5), ("B", 4), ("C", 3))
+        for i in range(n)
+    ]
+    cases.append(Case("T0", "t.nii.gz", "t_label.nii.gz", group="A", source="s", split="test"))
+    cases.append(Case("U0", "u.nii.gz", None, group="A", source="s"))
+    cases[0] = Case("A0", "A0.nii.gz", "A0_label.nii.gz", group="A", source="s", split="validation")  # official
+    return cases
+
+
+def test_folds_partition_the_patients_and_mix_the_centres():
+    cases = _cases()
+    foldable = {c.case_id for c in cases}
+    labelled = sorted(c.case_id for c in cases if c.label and c.split != "test")
+    held_out = []
+    for fold in range(3):
+        split = {c.case_id: c.split for c in assign_fold(cases, foldable, 3, fold, seed=0)}
+        held_out.append(sorted(k for k, v in split.items() if v == "validation"))
+        assert split["T0"] == "test" and split["U0"] == "train"  # a test split and unlabelled cases stay
+        assert all(split[k] == "train" for k in labelled if k not in held_out[-1])
+    # every labelled patient held out exactly once; fold sizes 4/4/4; each centre spread over the folds
+    assert sorted(sum(held_out, [])) == labelled
+    assert [len(h) for h in held_out] == [4, 4, 4]
+    for g, n in (("A", 5), ("B", 4), ("C", 3)):
+        per_fold = [sum(k.startswith(g) for k in h) for h in held_out]
+        assert sum(per_fold) == n and max(per_fold) - min(per_fold) <= 1, (g, per_fold)
+    # deterministic for a seed, another seed deals otherwise
+    again = assign_fold(cases, foldable, 3, 1, seed=0)
+    assert sorted(c.case_id for c in again if c.split == "validation") == held_out[1]
+    other = [
+        sorted(c.case_id for c in assign_fold(cases, foldable, 3, f, seed=7) if c.split == "validation")
+        for f in range(3)
+    ]
+    assert other != held_out
+    with pytest.raises(ValueError, match="at least 20 labelled cases"):
+        assign_fold(cases, foldable, 20, 0, seed=0)
+
+
+def _pairs(root: Path, n: int) -> Path:
+    data = root / "pairs"
+    data.mkdir(parents=True)
+    for i in range(n):
+        img = synthetic_image(size_xyz=(48, 48, 12), spacing=(1.5, 1.5, 3.0), seed=i)
+        sitk.WriteImage(img, str(data / f"p{i}_image.nii.gz"))
+        label = sitk.Cast(sitk.BinaryThreshold(img, 400, 10000, 1, 0), sitk.sitkUInt8)
+        sitk.WriteImage(label, str(data / f"p{i}_label.nii.gz"))
+    return data
+
+
+def _stage(root: Path, name: str, data: Path, **train) -> Path:
+    cfg = {
+        "name": name,
+        "output_dir": str(root / "unused" / name),  # crossval.py puts each fold's run elsewhere
+        "data": {"sources": [{"format": "pairs", "path": str(data), "label_map": {1: "prostate"}}]},
+        "model": {
+            "id": "tiny-cv",
+            "version": "0.0.1",
+            "structures": ["prostate"],
+            "base_channels": 4,
+            "pool_sizes": [[1, 2, 2], [2, 2, 2]],
+            "spacing_xyz_mm": [3.0, 3.0, 3.0],
+            "patch_size_zyx": [8, 16, 16],
+        },
+        "augment": {"enabled": False},
+        "train": {
+            "epochs": 1,
+            "iterations_per_epoch": 1,
+            "batch_size": 2,
+            "validate_every": 1,
+            "precision": "float32",
+            "device": "cpu",
+            **train,
+        },
+    }
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    return path
+
+
+def test_config_checks_folds_and_a_source_with_its_own_validation_list(tmp_path):
+    data = _pairs(tmp_path, 3)
+    stage = _stage(tmp_path, "a", data)
+    for bad in (["data.folds=1"], ["data.folds=3", "data.fold=3"], ["data.fold=1"]):
+        with pytest.raises(ConfigError, match="data.fold"):
+            load_config(stage, bad)
+    cfg = load_config(stage, ["data.folds=3", "data.fold=2", "data.sources.0.validation=[p0]"])
+    with pytest.raises(ValueError, match="chooses the validation cases itself"):
+        read_all(cfg.data.sources, 0, 0, 3, 2)
+
+
+@pytest.mark.slow
+def test_crossval_runs_the_recipe_per_fold_pools_and_compares(tmp_path, capsys):
+    from training.crossval import main
+    from training.evaluate import read_per_case
+
+    data = _pairs(tmp_path, 3)
+    first = _stage(tmp_path, "first", data)
+    second = _stage(tmp_path, "second", data, learning_rate=0.001)
+    out = tmp_path / "cv"
+    argv = ["run", "-o", str(out), "--folds", "2", "--config", str(first), "--config", str(second)]
+    assert main(argv) == 0
+
+    pooled_dir = out / "second"  # a recipe is named after its last stage
+    fold_of = json.loads((pooled_dir / "summary.json").read_text(encoding="utf-8"))["crossval"]["fold_of_case"]
+    assert sorted(fold_of) == ["p0", "p1", "p2"] and sorted(Counter(fold_of.values()).values()) == [1, 2]
+    for fold in (0, 1):
+        second_run = out / f"fold{fold}" / "second"
+        saved = yaml.safe_load((second_run / "config.yaml").read_text(encoding="utf-8"))
+        # the second stage starts from the first stage's last epoch of the same fold
+        assert saved["train"]["init_from"] == str(out / f"fold{fold}" / "first" / "last.pt")
+        assert (saved["data"]["folds"], saved["data"]["fold"]) == (2, fold)
+        for stage in ("first", "second"):
+            with open(out / f"fold{fold}" / stage / "split.csv", newline="", encoding="utf-8") as f:
+                held = sorted(r["case_id"] for r in csv.DictReader(f) if r["split"] == "validation")
+            assert held == sorted(k for k, v in fold_of.items() if v == fold)
+        evaluated = [r["case_id"] for r in read_per_case(out / f"fold{fold}" / "second.eval" / "per_case.csv")]
+        assert sorted(evaluated) == sorted(k for k, v in fold_of.items() if v == fold)
+    pooled = read_per_case(pooled_dir / "per_case.csv")
+    assert sorted(r["case_id"] for r in pooled) == ["p0", "p1", "p2"]
+    assert all(0.0 <= r["dice"] <= 1.0 for r in pooled)
+
+    # run again: nothing is retrained (finished stages are kept), the evaluation is the same
+    stamp = (out / "fold0" / "second" / "last.pt").stat().st_mtime_ns
+    assert main(argv + ["--eval-only"]) == 0
+    assert (out / "fold0" / "second" / "last.pt").stat().st_mtime_ns == stamp
+    assert [r["dice"] for r in read_per_case(pooled_dir / "per_case.csv")] == [r["dice"] for r in pooled]
+    # a recipe that is the first stage alone, in the same folder: its runs are shared, not retrained
+    first_stamp = (out / "fold1" / "first" / "last.pt").stat().st_mtime_ns
+    assert main(["run", "-o", str(out), "--folds", "2", "--config", str(first)]) == 0
+    assert (out / "fold1" / "first" / "last.pt").stat().st_mtime_ns == first_stamp
+    assert sorted(r["case_id"] for r in read_per_case(out / "first" / "per_case.csv")) == ["p0", "p1", "p2"]
+    assert main(["compare", str(out / "first"), str(pooled_dir)]) == 0
+    # a changed recipe does not silently reuse the folds trained with the old one
+    capsys.readouterr()
+    assert main(argv + ["train.learning_rate=0.5"]) == 1
+    assert "was trained with another config" in capsys.readouterr().err
+
+    # compare: against itself every difference is 0; against a copy one patient better by 0.1 Dice
+    b = tmp_path / "b"
+    b.mkdir()
+    with open(pooled_dir / "per_case.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    rows[0]["dice"] = str(float(rows[0]["dice"]) + 0.1)
+    with open(b / "per_case.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert main(["compare", str(pooled_dir), str(b), "-o", str(tmp_path / "cmp.md")]) == 0
+    result = json.loads((tmp_path / "cmp.json").read_text(encoding="utf-8"))["prostate"]
+    assert result["dice"]["diff"] == pytest.approx(0.1 / 3, abs=1e-5)
+    assert (result["dice"]["b_better"], result["dice"]["a_better"], result["dice"]["ties"]) == (1, 0, 2)
+    assert result["hd95_mm"]["diff"] == pytest.approx(0.0)
+    assert "| prostate | dice | 3 |" in (tmp_path / "cmp.md").read_text(encoding="utf-8")
+    # different patients cannot be paired
+    rows.pop()
+    with open(b / "per_case.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    capsys.readouterr()
+    assert main(["compare", str(pooled_dir), str(b)]) == 1
+    assert "did not evaluate the same patients" in capsys.readouterr().err
+
+
+@pytest.mark.shared_data
+def test_the_default_model_recipe_splits_into_folds_by_patient_and_centre(shared_data, tmp_path):
+    from training.crossval import check_same_split, stage_configs
+
+    configs = [
+        str(REPO / "training" / "configs" / f"{name}.yaml")
+        for name in ("default_wholegland", "default_wholegland_finetune", "default_wholegland_presence_onesided")
+    ]
+    overrides = [f"data.sources.0.path={shared_data / 'promise12'}", f"data.sources.1.path={tmp_path / 'synthetic'}"]
+    held_out = []
+    for fold in range(4):
+        stages = stage_configs(configs, overrides, tmp_path / "cv", 4, fold)
+        assert [s.train.init_from for s in stages[1:]] == [
+            str(tmp_path / "cv" / f"fold{fold}" / name / "last.pt")
+            for name in ("default-wholegland", "default-wholegland-finetune")
+        ]
+        held_out.append(check_same_split(stages))
+    promise12 = sorted(p.name.split("_")[0] for p in (shared_data / "promise12").glob("Case*_label.nii.gz"))
+    # the 36 patients, each held out once, 9 per fold; the synthetic cases always train
+    assert sorted(sum(held_out, [])) == promise12 and [len(h) for h in held_out] == [9, 9, 9, 9]
