@@ -81,3 +81,42 @@ def synthetic_image(
     if direction is not None:
         img.SetDirection(direction)
     return img
+
+
+def write_pairs(folder: Path, n: int, prefix: str = "c") -> Path:
+    """``n`` synthetic image/label pairs (``{prefix}{i}_image.nii.gz``, label 1 = the bright ellipsoid)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        img = synthetic_image(size_xyz=(48, 48, 12), spacing=(1.5, 1.5, 3.0), seed=i)
+        sitk.WriteImage(img, str(folder / f"{prefix}{i}_image.nii.gz"))
+        label = sitk.Cast(sitk.BinaryThreshold(img, 400, 10000, 1, 0), sitk.sitkUInt8)
+        sitk.WriteImage(label, str(folder / f"{prefix}{i}_label.nii.gz"))
+    return folder
+
+
+def tiny_experiment(name: str, output_dir: Path, source: dict, model_id: str = "tiny-run", **train) -> dict:
+    """A training config (as a mapping) small enough to train an epoch in about a second on the CPU."""
+    return {
+        "name": name,
+        "output_dir": str(output_dir),
+        "data": {"sources": [source]},
+        "model": {
+            "id": model_id,
+            "version": "0.0.1",
+            "structures": ["prostate"],
+            "base_channels": 4,
+            "pool_sizes": [[1, 2, 2], [2, 2, 2]],
+            "spacing_xyz_mm": [3.0, 3.0, 3.0],
+            "patch_size_zyx": [8, 16, 16],
+        },
+        "augment": {"enabled": False},
+        "train": {
+            "epochs": 1,
+            "iterations_per_epoch": 2,
+            "batch_size": 2,
+            "validate_every": 1,
+            "precision": "float32",
+            "device": "cpu",
+            **train,
+        },
+    }

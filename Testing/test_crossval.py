@@ -8,9 +8,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import SimpleITK as sitk
 import yaml
-from conftest import REPO, synthetic_image
+from conftest import REPO, tiny_experiment, write_pairs
 
 from training.config import ConfigError, load_config
 from training.data import Case
@@ -57,49 +56,17 @@ def test_folds_partition_the_patients_and_mix_the_centres():
         assign_fold(cases, foldable, 20, 0, seed=0)
 
 
-def _pairs(root: Path, n: int) -> Path:
-    data = root / "pairs"
-    data.mkdir(parents=True)
-    for i in range(n):
-        img = synthetic_image(size_xyz=(48, 48, 12), spacing=(1.5, 1.5, 3.0), seed=i)
-        sitk.WriteImage(img, str(data / f"p{i}_image.nii.gz"))
-        label = sitk.Cast(sitk.BinaryThreshold(img, 400, 10000, 1, 0), sitk.sitkUInt8)
-        sitk.WriteImage(label, str(data / f"p{i}_label.nii.gz"))
-    return data
-
-
 def _stage(root: Path, name: str, data: Path, **train) -> Path:
-    cfg = {
-        "name": name,
-        "output_dir": str(root / "unused" / name),  # crossval.py puts each fold's run elsewhere
-        "data": {"sources": [{"format": "pairs", "path": str(data), "label_map": {1: "prostate"}}]},
-        "model": {
-            "id": "tiny-cv",
-            "version": "0.0.1",
-            "structures": ["prostate"],
-            "base_channels": 4,
-            "pool_sizes": [[1, 2, 2], [2, 2, 2]],
-            "spacing_xyz_mm": [3.0, 3.0, 3.0],
-            "patch_size_zyx": [8, 16, 16],
-        },
-        "augment": {"enabled": False},
-        "train": {
-            "epochs": 1,
-            "iterations_per_epoch": 1,
-            "batch_size": 2,
-            "validate_every": 1,
-            "precision": "float32",
-            "device": "cpu",
-            **train,
-        },
-    }
+    source = {"format": "pairs", "path": str(data), "label_map": {1: "prostate"}}
+    # output_dir is not used: crossval.py puts each fold's run elsewhere
+    cfg = tiny_experiment(name, root / "unused" / name, source, model_id="tiny-cv", iterations_per_epoch=1, **train)
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return path
 
 
 def test_config_checks_folds_and_a_source_with_its_own_validation_list(tmp_path):
-    data = _pairs(tmp_path, 3)
+    data = write_pairs(tmp_path / "pairs", 3, prefix="p")
     stage = _stage(tmp_path, "a", data)
     for bad in (["data.folds=1"], ["data.folds=3", "data.fold=3"], ["data.fold=1"]):
         with pytest.raises(ConfigError, match="data.fold"):
@@ -114,7 +81,7 @@ def test_crossval_runs_the_recipe_per_fold_pools_and_compares(tmp_path, capsys):
     from training.crossval import main
     from training.evaluate import read_per_case
 
-    data = _pairs(tmp_path, 3)
+    data = write_pairs(tmp_path / "pairs", 3, prefix="p")
     first = _stage(tmp_path, "first", data)
     second = _stage(tmp_path, "second", data, learning_rate=0.001)
     out = tmp_path / "cv"

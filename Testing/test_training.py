@@ -201,43 +201,15 @@ def test_slice_weights_split_labelled_and_unlabelled_slices():
 
 
 def _tiny_config(tmp: Path, epochs: int = 1, out: str = "run") -> Path:
-    from conftest import synthetic_image
+    from conftest import tiny_experiment, write_pairs
 
     data = tmp / "pairs"
     if not data.exists():
-        data.mkdir()
-        for i in range(3):
-            img = synthetic_image(size_xyz=(48, 48, 12), spacing=(1.5, 1.5, 3.0), seed=i)
-            sitk.WriteImage(img, str(data / f"c{i}_image.nii.gz"))
-            sitk.WriteImage(
-                sitk.Cast(sitk.BinaryThreshold(img, 400, 10000, 1, 0), sitk.sitkUInt8), str(data / f"c{i}_label.nii.gz")
-            )
-    cfg = {
-        "name": "tiny",
-        "output_dir": str(tmp / out),
-        "data": {
-            "sources": [{"format": "pairs", "path": str(data), "label_map": {1: "prostate"}, "validation": ["c2"]}],
-            "cache_dir": str(tmp / "cache"),
-        },
-        "model": {
-            "id": "tiny-run",
-            "version": "0.0.1",
-            "structures": ["prostate"],
-            "base_channels": 4,
-            "pool_sizes": [[1, 2, 2], [2, 2, 2]],
-            "spacing_xyz_mm": [3.0, 3.0, 3.0],
-            "patch_size_zyx": [8, 16, 16],
-        },
-        "augment": {"rotate_deg": 10, "scale": 0.1},
-        "train": {
-            "epochs": epochs,
-            "iterations_per_epoch": 2,
-            "batch_size": 2,
-            "validate_every": 1,
-            "precision": "float32",
-            "device": "cpu",
-        },
-    }
+        write_pairs(data, 3)
+    source = {"format": "pairs", "path": str(data), "label_map": {1: "prostate"}, "validation": ["c2"]}
+    cfg = tiny_experiment("tiny", tmp / out, source, epochs=epochs)
+    cfg["data"]["cache_dir"] = str(tmp / "cache")
+    cfg["augment"] = {"rotate_deg": 10, "scale": 0.1}
     f = tmp / f"{out}.yaml"
     f.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     return f
