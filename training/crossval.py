@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -308,6 +307,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    from UNetSegmentLib.io import ImageReadError
     from UNetSegmentLib.model_package import ModelPackageError
 
     try:
@@ -331,14 +331,14 @@ def main(argv=None) -> int:
                 args.config, args.overrides, args.output, args.folds, f, args.device, args.quality, not args.eval_only
             )
         pooled = pool(args.output, args.folds, args.config, args.overrides)
-    except (ConfigError, ValueError, FileNotFoundError, ModelPackageError) as e:
+    except (ConfigError, ValueError, OSError, ModelPackageError, ImageReadError) as e:  # as evaluate.py: one line
         print(f"crossval.py: {e}", file=sys.stderr)
         return 1
     if pooled is not None:
         summary = json.loads((pooled / "summary.json").read_text(encoding="utf-8"))
         for name, s in summary["structures"].items():
             d = s["dice"]
-            if d["mean"] is not None and not math.isnan(d["mean"]):
+            if d["mean"] is not None:  # None where no case had a finite Dice
                 print(f"{name}: Dice {d['mean']:.3f} +/- {d['std']:.3f} over {s['n']} patients")
         print(f"pooled results in {pooled}")
     return 0
