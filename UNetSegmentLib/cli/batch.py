@@ -1,0 +1,183 @@
+"""``unetsegment batch``: every image (or DICOM series folder) in a folder, with a summary CSV."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import fnmatch
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ..progress import ProgressReporter
+from .common import (
+    EXIT_CANCELLED,
+    EXIT_INPUT,
+    EXIT_OK,
+    EXIT_OUTPUT,
+    LABELMAP_EXTENSIONS,
+    Cancellation,
+    CliError,
+    SegmentJob,
+    build_predictor,
+    check_output,
+    check_writable_folder,
+    classify_error,
+    predict_and_write,
+    resolve_model,
+    structure_names,
+)
+
+#: Input file types ``batch`` picks up (a sub-folder is a case if it holds a DICOM series).
+INPUT_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+BATCH_FORMATS = {"nrrd": "_segmentation.nrrd", "nii.gz": "_segmentation.nii.gz", "seg.nrrd": ".seg.nrrd"}
+
+
+def add_parser(sub, parents, **fmt) -> None:
+    p = sub.add_parser("batch", parents=parents, help="segment every image in a folder", **fmt)
+    p.add_argument("input_dir", help="folder of image files and/or DICOM series folders")
+    p.add_argument("-o", "--output-dir", required=True, help="folder for the labelmaps and summary.csv")
+    p.add_argument("--pattern", default="*", help="only names matching this glob (e.g. '*_t2w.nii.gz')")
+    p.add_argument("--csv", metavar="PATH", help="summary CSV (default: OUTPUT_DIR/summary.csv)")
+    p.add_argument("--format", default="nrrd", choices=sorted(BATCH_FORMATS), help="output file type (default: nrrd)")
+    p.set_defaults(func=run)
+
+
+def _input_extension(name: str) -> Optional[str]:
+    low = name.lower()
+    return next((e for e in INPUT_EXTENSIONS if low.endswith(e) and len(low) > len(e)), None)
+
+
+def _holds_dicom(folder: Path) -> bool:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    for d in [folder] + sorted(p for p in folder.rglob("*") if p.is_dir()):
+        if reader.GetGDCMSeriesIDs(str(d)):
+            return True
+    return False
+
+
+def find_cases(folder: Path, pattern: str = "*", skip: Sequence[Path] = ()) -> List[Tuple[str, Path]]:
+    """``(case name, path)`` of every image file and DICOM series folder directly in ``folder``.
+
+    Files: NIfTI, NRRD, MetaImage; ``*.seg.nrrd`` and ``*_segmentation.*``
+    (our own outputs) are skipped. Sub-folders count if they hold a DICOM
+    series (at any depth). ``pattern`` (a glob, e.g. ``*_t2w.nii.gz``)
+    filters the names. Names are made unique with a numeric suffix.
+    """
+    skip_resolved = {p.resolve() for p in skip}
+    cases: List[Tuple[str, Path]] = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or not fnmatch.fnmatch(p.name, pattern) or p.resolve() in skip_resolved:
+            continue
+        if p.is_file():
+            ext = _input_extension(p.name)
+            if ext is None or p.name.lower().endswith(".seg.nrrd"):
+                continue
+            name = p.name[: -len(ext)]
+            if name.endswith("_segmentation"):
+                continue
+            cases.append((name, p))
+        elif p.is_dir() and _holds_dicom(p):
+            cases.append((p.name, p))
+    seen: Dict[str, int] = {}
+    unique = []
+    for name, p in cases:
+        seen[name] = seen.get(name, 0) + 1
+        unique.append((name if seen[name] == 1 else f"{name}_{seen[name]}", p))
+    return unique
+
+
+def _write_csv(path: Path, rows: List[Dict[str, Any]], columns: List[str]) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise CliError(EXIT_OUTPUT, f"cannot write the summary {path}: {e.strerror or e}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellation) -> int:
+    from ..validation import read_input
+
+    in_dir = Path(args.input_dir).expanduser().absolute()
+    if not in_dir.is_dir():
+        raise CliError(EXIT_INPUT, f"input folder not found: {in_dir}")
+    out_dir = Path(args.output_dir).expanduser().absolute()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CliError(EXIT_OUTPUT, f"the output folder {out_dir} is a file")
+    check_writable_folder(out_dir)
+    csv_path = check_output(Path(args.csv) if args.csv else out_dir / "summary.csv", True, (".csv",), "summary")
+    cases = find_cases(in_dir, args.pattern, skip=[out_dir])
+    if not cases:
+        raise CliError(
+            EXIT_INPUT,
+            f"no images (NIfTI, NRRD, MetaImage or DICOM series folders) matching {args.pattern!r} in {in_dir}",
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    package = resolve_model(args.model, args.offline, reporter, cancel)
+    predictor = build_predictor(package, args)
+    structures = [lab.structure.name for lab in package.info.labels]
+    columns = (
+        ["case", "input", "status", "exit_code", "error", "output"]
+        + [f"{s}_ml" for s in structures]
+        + ["seconds", "warnings"]
+    )
+    rows: List[Dict[str, Any]] = []
+    first_failure = EXIT_OK
+    print(f"Segmenting {len(cases)} case(s) from {in_dir} with {package.info.id} {package.info.version}")
+    for i, (name, path) in enumerate(cases):
+        reporter.begin_span(i / len(cases), (i + 1) / len(cases))
+        t0 = time.perf_counter()
+        output = out_dir / f"{name}{BATCH_FORMATS[args.format]}"
+        row: Dict[str, Any] = {
+            "case": name,
+            "input": str(path),
+            "output": str(output),
+            "status": "failed",
+            "exit_code": "",
+        }
+        try:
+            job = SegmentJob(path, check_output(output, args.overwrite, LABELMAP_EXTENSIONS, "output", [path]))
+            reporter("loading", 0.0, f"{name}: reading")
+            image, warnings = read_input(path, args.channel)
+            for w in warnings:
+                reporter.warning(f"{name}: {w}")
+            result = predict_and_write(job, image, warnings, predictor, reporter, cancel, t0)
+            row.update(status="ok", exit_code=EXIT_OK, error="", warnings="; ".join(warnings))
+            row.update({f"{k}_ml": v for k, v in result["volumes_ml"].items()})
+            vols = ", ".join(
+                f"{structure_names(predictor).get(k, k)} {v:.1f} mL" for k, v in result["volumes_ml"].items()
+            )
+            print(f"[{i + 1}/{len(cases)}] {name}: ok, {vols}")
+        except BaseException as e:  # one failing case is reported and the batch goes on
+            code, message = classify_error(e)
+            row.update(exit_code=code, error=message, status="cancelled" if code == EXIT_CANCELLED else "failed")
+            row["seconds"] = round(time.perf_counter() - t0, 2)
+            rows.append(row)
+            if code == EXIT_CANCELLED:
+                _write_csv(csv_path, rows, columns)
+                raise
+            first_failure = first_failure or code
+            print(f"[{i + 1}/{len(cases)}] {name}: FAILED ({message})")
+            _write_csv(csv_path, rows, columns)
+            continue
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+        rows.append(row)
+        _write_csv(csv_path, rows, columns)
+    failed = sum(r["status"] != "ok" for r in rows)
+    print(f"{len(rows) - failed} of {len(rows)} case(s) segmented into {out_dir}; summary: {csv_path}")
+    if failed:
+        reporter.warning(f"{failed} of {len(rows)} case(s) failed; see {csv_path}")
+    return first_failure

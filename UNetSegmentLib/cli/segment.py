@@ -1,0 +1,66 @@
+"""``unetsegment segment``: one image to a labelmap (and optional Slicer segmentation and volumes JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..progress import ProgressReporter
+from .common import (
+    EXIT_OK,
+    EXIT_OUTPUT,
+    LABELMAP_EXTENSIONS,
+    Cancellation,
+    CliError,
+    SegmentJob,
+    build_predictor,
+    check_output,
+    predict_and_write,
+    print_volumes,
+    print_written,
+    resolve_model,
+    structure_names,
+)
+
+
+def add_parser(sub, parents, **fmt) -> None:
+    p = sub.add_parser("segment", parents=parents, help="segment one image", **fmt)
+    p.add_argument("input", help="image file (NRRD, NIfTI, MetaImage) or DICOM folder")
+    p.add_argument("-o", "--output", required=True, help="labelmap: .nrrd, .nii.gz, .nii, .mha or .seg.nrrd (Slicer)")
+    p.add_argument(
+        "--seg-nrrd", metavar="PATH", help="also write a 3D Slicer segmentation (.seg.nrrd) with names and colours"
+    )
+    p.add_argument("--volumes-json", metavar="PATH", help="write the structure volumes (mL) and run details as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellation) -> int:
+    from ..validation import read_input
+
+    t_start = time.perf_counter()
+    source = Path(args.input).expanduser().absolute()
+    job = SegmentJob(source, check_output(Path(args.output), args.overwrite, LABELMAP_EXTENSIONS, "output", [source]))
+    if args.seg_nrrd:
+        job.seg_nrrd = check_output(Path(args.seg_nrrd), args.overwrite, (".seg.nrrd",), "segmentation file", [source])
+    if args.volumes_json:
+        job.volumes_json = check_output(Path(args.volumes_json), args.overwrite, (".json",), "volumes file", [source])
+    finals = [p for p in (job.labelmap, job.seg_nrrd, job.volumes_json) if p is not None]
+    if len(set(finals)) != len(finals):
+        raise CliError(EXIT_OUTPUT, "the output, --seg-nrrd and --volumes-json must be different files")
+
+    reporter("loading", 0.0, f"reading {source.name}")
+    image, warnings = read_input(source, args.channel)
+    for w in warnings:
+        reporter.warning(w)
+    cancel.check()
+    package = resolve_model(args.model, args.offline, reporter, cancel)
+    predictor = build_predictor(package, args)
+    result = predict_and_write(job, image, warnings, predictor, reporter, cancel, t_start)
+    reporter.result(result)
+    print(
+        f"Segmented {source} with {package.info.id} {package.info.version} on {result['device']} in {result['seconds']:.1f} s"
+    )
+    print_volumes(result, structure_names(predictor))
+    print_written(job)
+    return EXIT_OK
