@@ -23,6 +23,7 @@ from .common import (
     SegmentJob,
     build_predictor,
     check_output,
+    check_runtime_options,
     check_writable_folder,
     classify_error,
     predict_and_write,
@@ -108,6 +109,7 @@ def _write_csv(path: Path, rows: List[Dict[str, Any]], columns: List[str]) -> No
 
 
 def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellation) -> int:
+    check_runtime_options(args)
     from ..validation import read_input
 
     in_dir = Path(args.input_dir).expanduser().absolute()

@@ -16,6 +16,7 @@ from .common import (
     SegmentJob,
     build_predictor,
     check_output,
+    check_runtime_options,
     predict_and_write,
     print_volumes,
     print_written,
@@ -36,6 +37,7 @@ def add_parser(sub, parents, **fmt) -> None:
 
 
 def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellation) -> int:
+    check_runtime_options(args)
     from ..validation import read_input
 
     t_start = time.perf_counter()
