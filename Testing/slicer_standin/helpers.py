@@ -1,4 +1,4 @@
-"""Helpers for the Slicer module tests: import the module against the stand-in, make inputs, run the event loop."""
+"""Helpers for the Slicer module tests: import the module, make inputs, run the event loop."""
 
 from __future__ import annotations
 
@@ -22,9 +22,7 @@ def importModule() -> types.ModuleType:
     for name in list(sys.modules):
         if name == "UNetSegment" or name.startswith("UNetSegmentLogicLib"):
             del sys.modules[name]
-    module = importlib.import_module("UNetSegment")
-    sys.modules["slicer"].util.modulePaths["UNetSegment"] = str(MODULE_FILE)
-    return module
+    return importlib.import_module("UNetSegment")
 
 
 def ijkToRas(spacing: Sequence[float], origin: Sequence[float], rotationDeg: float) -> np.ndarray:
