@@ -21,7 +21,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from slicer_standin.fakeprocess import FakeProcess
-from slicer_standin.helpers import REPO, addLinearTransform, makeInputVolume, matrixArray, pumpEvents
+from slicer_standin.helpers import (
+    REPO,
+    addLinearTransform,
+    makeInputVolume,
+    matrixArray,
+    pumpEvents,
+    shownMessages,
+)
 
 pytest_plugins = ("slicer_standin.fixtures",)  # slicer_env, installed_tiny_model
 
@@ -44,6 +51,11 @@ def _imported_modules(path: Path):
 
 def _scene_ids(slicer):
     return sorted(n.GetID() for n in slicer.mrmlScene.GetNodes())
+
+
+def _scene_state(slicer):
+    """Every node's ID, class, name and modification time: any change to any node changes it."""
+    return sorted((n.GetID(), n.GetClassName(), n.GetName(), n.GetMTime()) for n in slicer.mrmlScene.GetNodes())
 
 
 def _logic(env, **kwargs):
@@ -178,6 +190,7 @@ def test_command_line_and_environment_run_the_library(slicer_env):
         "best",
         "machine",
     )
+    assert cmd[cmd.index("--backend") + 1] == "onnxruntime"  # a CPU run never needs torch
     assert fake.env["PYTHONPATH"].split(":")[0] == str(REPO)  # where UNetSegmentLib is, first
     input_path = Path(cmd[4])
     assert input_path.parent.parent == slicer_env.temp and input_path.is_file()
@@ -303,9 +316,9 @@ def test_real_run_imports_segments_on_the_input_grid(slicer_env, installed_tiny_
     np.testing.assert_allclose(lps_to_ras @ np.array(written.GetOrigin()), matrixArray(ijk_to_ras)[:3, 3], atol=1e-5)
 
     # nothing temporary is left in the scene
-    assert not slicer.mrmlScene.GetNodesByClass("vtkMRMLLabelMapVolumeNode")
-    assert not slicer.mrmlScene.GetNodesByClass("vtkMRMLLabelMapVolumeDisplayNode")
-    assert not slicer.mrmlScene.GetNodesByClass("vtkMRMLVolumeArchetypeStorageNode")
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 0
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeDisplayNode") == 0
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLVolumeArchetypeStorageNode") == 0
 
 
 @pytest.mark.slow
@@ -343,7 +356,7 @@ def test_real_failure_leaves_no_segmentation(slicer_env):
     assert "no-such-model" in message and "Traceback" not in message and "\n" not in message
     assert logic.lastRun.status == "failed" and logic.lastRun.exitCode == 5
     assert _scene_ids(slicer) == before
-    assert not slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode")
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
     assert not list(slicer_env.temp.glob("UNetSegment-*"))
 
 
@@ -429,15 +442,22 @@ def test_import_failure_removes_the_new_segmentation(slicer_env, tiny_package, m
     slicer = slicer_env.slicer
     volume = makeInputVolume(slicer)
     existing = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Existing")
-    before = _scene_ids(slicer)
-    monkeypatch.setattr(
-        slicer.vtkSlicerSegmentationsModuleLogic, "ImportLabelmapToSegmentationNode", staticmethod(lambda *a: False)
-    )
+    realLogic = slicer.modules.segmentations.logic()
+
+    class Refusing:  # Slicer's logic, whose import reports a failure
+        def __getattr__(self, name):
+            return getattr(realLogic, name)
+
+        def ImportLabelmapToSegmentationNode(self, *args):
+            return False
+
+    monkeypatch.setattr(slicer.modules.segmentations, "logic", lambda: Refusing())
+    before = _scene_state(slicer)
     for output in (None, existing):
         logic = _logic(slicer_env, processFactory=lambda: FakeProcess(labels_from_input=lambda a: a > 400))
         with pytest.raises(RuntimeError, match="could not import"):
             logic.segment(volume, output, modelSpec=str(tiny_package.path), wait=True)
-        assert _scene_ids(slicer) == before
+        assert _scene_ids(slicer) == [n[0] for n in before]
         assert existing.GetSegmentation().GetNumberOfSegments() == 0
 
 
@@ -492,36 +512,72 @@ def test_model_choices_offer_only_a_newer_release_from_the_catalogue(slicer_env,
     assert specs == {"tiny-test-model@0.0.1": True, "tiny-test-model@0.0.3": False, "other-model@1.1.0": False}
 
 
-def test_dependencies_are_installed_with_confirmation_and_pinned(slicer_env, monkeypatch):
+def test_cpu_needs_only_onnxruntime_and_asks_through_slicers_pip_ensure(slicer_env, monkeypatch):
+    """Slicer >= 5.12: ``slicer.packaging.pip_ensure`` with Slicer's signature; torch is never asked for on the CPU."""
+    import ctk
+    import qt
+
     from UNetSegmentLogicLib import dependencies
 
     slicer = slicer_env.slicer
+    slicer.app.setTestingEnabled(False)
     logic = _logic(slicer_env)
-    logic.ensureDependencies()  # everything present here: nothing asked, nothing installed
-    assert slicer.util.pipCalls == [] and slicer.util.messages == []
+    logic.ensureDependencies(device="cpu")  # onnxruntime is installed here: nothing asked, nothing installed
+    assert slicer.packaging.installCalls == [] and shownMessages() == []
+    assert dependencies.requirementsFor("cpu") == ["onnxruntime>=1.17"]
 
-    monkeypatch.setattr(dependencies, "PIP_REQUIREMENTS", ["monai>=1.3,<2", "unetsegment-missing-package>=1"])
-    constraints = []
-    monkeypatch.setattr(
-        slicer.util,
-        "pip_install",
-        lambda args: (slicer.util.pipCalls.append(args), constraints.append(Path(args[1]).read_text(encoding="utf-8"))),
-    )
-    slicer.util.answers.append(False)
+    monkeypatch.setattr(dependencies, "CPU_REQUIREMENTS", ["onnxruntime>=99"])
+    monkeypatch.setattr(dependencies, "TORCH_REQUIREMENT", ">=99")  # torch "missing" too: still not asked for
+    ctk.ctkMessageBox.answers.append(qt.QMessageBox.Cancel)
     with pytest.raises(dependencies.DependencyError, match="were not installed"):
-        logic.ensureDependencies()
-    assert slicer.util.pipCalls == [] and "unetsegment-missing-package>=1" in slicer.util.messages[-1][1]
+        logic.ensureDependencies(device="cpu")
+    ((kind, _, details),) = shownMessages()
+    assert kind == "question" and details == "- onnxruntime>=99" and slicer.packaging.installCalls == []
 
-    with pytest.raises(dependencies.DependencyError, match="unetsegment-missing-package"):
-        logic.ensureDependencies()  # confirmed (testing mode), pip "ran" but the package is still missing
-    (args,) = slicer.util.pipCalls
-    assert args[0] == "-c" and args[2:] == ["unetsegment-missing-package>=1"]
-    pins = dict(line.split("==") for line in constraints[0].split())
-    assert set(pins) == {"torch", "numpy", "scipy", "SimpleITK"}
-    assert not Path(args[1]).exists()
+    with pytest.raises(dependencies.DependencyError, match="onnxruntime>=99"):
+        logic.ensureDependencies(device="cpu")  # confirmed; "pip" ran but the package is still missing
+    (call,) = slicer.packaging.installCalls
+    assert call["requirements"] == ["onnxruntime>=99"] and call["requester"] == "UNetSegment"
+    pins = dict(line.split("==") for line in call["constraints"].split())
+    assert set(pins) == {"torch", "numpy", "scipy", "SimpleITK"} and pins["numpy"] == np.__version__
+    assert not list(slicer_env.temp.glob("UNetSegment-constraints-*"))
 
 
-def test_torch_comes_from_the_pytorch_extension_else_from_pip(slicer_env, monkeypatch):
+def test_older_slicer_installs_with_util_pip_install_after_our_confirmation(tmp_path, monkeypatch):
+    """Slicer 5.8-5.11 has no ``slicer.packaging``: our own question, then ``slicer.util.pip_install(args)``."""
+    import slicer_standin
+
+    if not slicer_standin.available():
+        pytest.skip("slicer-core is not installed")
+    from slicer_standin.helpers import MODULE_FILE, importModule
+
+    paths = {"UNetSegment": str(MODULE_FILE)}
+    slicer = slicer_standin.install(str(tmp_path), testingEnabled=False, modulePaths=paths, withPackaging=False)
+    try:
+        import ctk
+        import qt
+
+        module = importModule()
+        from UNetSegmentLogicLib import dependencies
+
+        assert dependencies._slicerPackaging() is None
+        calls = []
+        monkeypatch.setattr(slicer.util, "pip_install", lambda requirements: calls.append(list(requirements)))
+        monkeypatch.setattr(dependencies, "CPU_REQUIREMENTS", ["onnxruntime>=99"])
+        ctk.ctkMessageBox.answers.append(qt.QMessageBox.Cancel)
+        logic = module.UNetSegmentLogic(pythonCommand=[sys.executable])
+        with pytest.raises(dependencies.DependencyError, match="were not installed"):
+            logic.ensureDependencies(device="cpu")
+        assert calls == [] and "onnxruntime>=99" in shownMessages()[0][1]
+        with pytest.raises(dependencies.DependencyError, match="Installing onnxruntime>=99 failed"):
+            logic.ensureDependencies(device="cpu")
+        ((flag, _constraints, requirement),) = calls
+        assert (flag, requirement) == ("-c", "onnxruntime>=99")
+    finally:
+        slicer_standin.uninstall()
+
+
+def test_gpu_gets_torch_from_the_pytorch_extension_only(slicer_env, monkeypatch):
     import types
 
     from UNetSegmentLogicLib import dependencies
@@ -537,12 +593,12 @@ def test_torch_comes_from_the_pytorch_extension_else_from_pip(slicer_env, monkey
             return None  # the user declined
 
     monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
-    with pytest.raises(dependencies.DependencyError, match="PyTorch >=99 is needed"):
-        logic.ensureDependencies()
-    assert calls == [(True, ">=99")] and slicer.util.pipCalls == []
+    with pytest.raises(dependencies.DependencyError, match="PyTorch >=99 is needed on the GPU"):
+        logic.ensureDependencies(device="cuda")
+    assert calls == [(True, ">=99")] and slicer.packaging.installCalls == []
 
-    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # no PyTorch extension: pip, after confirmation
-    with pytest.raises(dependencies.DependencyError, match="torch>=99"):
-        logic.ensureDependencies()
-    (args,) = slicer.util.pipCalls
-    assert args[2:] == ["torch>=99"] and "torch>=99" in slicer.util.messages[-1][1]
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # no PyTorch extension: refused, never pip
+    with pytest.raises(dependencies.DependencyError, match="install that extension from the Extensions Manager"):
+        logic.ensureDependencies(device="cuda")
+    assert slicer.packaging.installCalls == []
+    assert dependencies.requirementsFor("cuda") == ["safetensors>=0.4,<1"]

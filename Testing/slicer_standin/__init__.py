@@ -106,6 +106,10 @@ def uninstall() -> None:
         sys.modules.pop(name, None)
     slicer = sys.modules.get("slicer")
     if slicer is not None:
+        scene = vars(slicer).get("mrmlScene")
+        if scene is not None:  # the test's widgets and logics stop hearing from it before it goes
+            scene.RemoveAllObservers()
+            scene.Clear(1)
         for name in _SLICER_ATTRIBUTES:
             if name in vars(slicer):
                 delattr(slicer, name)

@@ -81,3 +81,21 @@ def pumpEvents(slicer: Any, until, timeout: float = 600.0) -> None:
             raise TimeoutError("the background run did not finish in time")
         slicer.app.processEvents()
         time.sleep(0.02)
+
+
+def shownMessages() -> list:
+    """``(kind, text, detailedText)`` of each message box shown so far; kind from the icon (error, question, ...)."""
+    import ctk
+    import qt
+
+    kinds = {
+        qt.QMessageBox.Critical: "error",
+        qt.QMessageBox.Warning: "warning",
+        qt.QMessageBox.Question: "question",
+        qt.QMessageBox.Information: "information",
+    }
+    return [
+        (kinds.get(box.icon, "none"), box.text, box.detailedText or None)
+        for box in qt.QDialog.shown
+        if isinstance(box, ctk.ctkMessageBox)
+    ]
