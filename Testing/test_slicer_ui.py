@@ -14,7 +14,7 @@ import pytest
 from slicer_standin.fakeprocess import FakeProcess
 from slicer_standin.helpers import REPO, makeInputVolume, pumpEvents, shownMessages
 
-pytest_plugins = ("slicer_standin.fixtures",)  # slicer_env
+pytest_plugins = ("slicer_standin.fixtures",)  # slicer_env, real_cli
 
 MODULE_FILE = REPO / "UNetSegment" / "UNetSegment.py"
 UI_FILE = REPO / "UNetSegment" / "Resources" / "UI" / "UNetSegment.ui"
@@ -146,7 +146,7 @@ def served_tiny_model(slicer_env, tiny_package, monkeypatch):
 
 
 @pytest.mark.slow
-def test_segment_button_downloads_runs_turns_into_cancel_and_fills_the_results(slicer_env, served_tiny_model):
+def test_segment_button_downloads_runs_turns_into_cancel_and_fills_the_results(slicer_env, real_cli, served_tiny_model):
     slicer = slicer_env.slicer
     makeInputVolume(slicer)
     w = _widget(slicer_env)

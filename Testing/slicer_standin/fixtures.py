@@ -45,3 +45,46 @@ def installed_tiny_model(slicer_env, tiny_package):
     logic = slicer_env.module.UNetSegmentLogic(pythonCommand=[sys.executable])
     info = logic.importModelZip(str(zip_path))
     return f"{info.id}@{info.version}"
+
+
+_CLI_TAKES_BACKEND = []
+
+
+def cliTakesBackend() -> bool:
+    """Whether this checkout's ``segment`` command has ``--backend`` (issue 15); asked once per session."""
+    import subprocess
+
+    if not _CLI_TAKES_BACKEND:
+        from .helpers import REPO
+
+        env = {**__import__("os").environ, "PYTHONPATH": str(REPO)}
+        out = subprocess.run(
+            [sys.executable, "-m", "UNetSegmentLib", "segment", "--help"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        _CLI_TAKES_BACKEND.append("--backend" in out.stdout)
+    return _CLI_TAKES_BACKEND[0]
+
+
+@pytest.fixture
+def real_cli(slicer_env, monkeypatch):
+    """The module runs the real command line. Until the CLI has ``--backend`` (issue 15), the flag is left out.
+
+    The module always passes ``--backend`` (``onnxruntime`` for the CPU); where the checked-out
+    CLI predates it, this drops the two words so the same tests run on either engine.
+    """
+    if cliTakesBackend():
+        return
+    import UNetSegmentLogicLib.run as runlib
+
+    build = runlib.segmentCommand
+
+    def withoutBackend(*args, **kwargs):
+        command = build(*args, **kwargs)
+        i = command.index("--backend")
+        return command[:i] + command[i + 2 :]
+
+    monkeypatch.setattr(runlib, "segmentCommand", withoutBackend)
