@@ -319,4 +319,4 @@ def test_end_to_end_the_module_agrees_with_the_command_line_voxel_for_voxel(
     assert int(cli_zyx.sum()) > 1000
     np.testing.assert_array_equal(module_zyx, (cli_zyx == 1).astype(np.uint8))
     voxel_ml = float(np.prod(volume.GetSpacing())) / 1000.0
-    assert logic.lastRun.result["volumes_ml"]["prostate"] == pytest.approx(module_kji.sum() * voxel_ml, rel=1e-6)
+    assert logic.lastRun.result["volumes_ml"]["prostate"] == pytest.approx(module_kji.sum() * voxel_ml, abs=1e-3)
