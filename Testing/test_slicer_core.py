@@ -296,9 +296,7 @@ E2E_CASES = {
 @pytest.mark.slow
 @pytest.mark.shared_data
 @pytest.mark.parametrize("case", sorted(E2E_CASES))
-def test_end_to_end_the_module_agrees_with_the_command_line_voxel_for_voxel(
-    slicer_env, real_cli, shared_data, case
-):
+def test_end_to_end_the_module_agrees_with_the_command_line_voxel_for_voxel(slicer_env, real_cli, shared_data, case):
     slicer = slicer_env.slicer
     source = shared_data / E2E_CASES[case]
     first_file = sorted(source.iterdir())[0] if source.is_dir() else source

@@ -125,6 +125,60 @@ def test_using_the_module_keeps_torch_out_of_slicers_process(tmp_path):
     assert int(n_choices) >= 1
 
 
+def test_module_file_stays_small():
+    lines = (MODULE_DIR / "UNetSegment.py").read_text(encoding="utf-8").count("\n")
+    assert lines <= 600, f"UNetSegment.py has {lines} lines; move helpers into UNetSegmentLogicLib"
+
+
+def test_the_backend_follows_the_device():
+    """ONNX Runtime on the CPU (no torch), PyTorch on the GPU, the CLI's own choice for auto."""
+    sys.path.insert(0, str(MODULE_DIR))
+    try:
+        from UNetSegmentLogicLib.run import segmentCommand
+    finally:
+        sys.path.remove(str(MODULE_DIR))
+    for device, backend in (("cpu", "onnxruntime"), ("cuda", "torch"), ("auto", "auto")):
+        cmd = segmentCommand(["py"], "in.nrrd", "out.nrrd", "r.json", "m@1", device, "standard")
+        assert (cmd[cmd.index("--device") + 1], cmd[cmd.index("--backend") + 1]) == (device, backend)
+
+
+def test_the_packaging_stand_in_has_slicers_signatures():
+    """``slicer.packaging`` as in Slicer 5.12 (Base/Python/slicer/packaging.py): names, order and defaults."""
+    import inspect
+    import types
+
+    from slicer_standin.packaging import makeModule
+
+    packaging = makeModule(types.ModuleType("slicer"))
+    expected = {
+        "pip_ensure": [
+            ("requirements", inspect.Parameter.empty),
+            ("constraints", None),
+            ("skip_packages", None),
+            ("prompt_install", True),
+            ("prompt_restart", True),
+            ("requester", None),
+            ("skip_in_testing", True),
+            ("show_progress", True),
+        ],
+        "pip_install": [
+            ("requirements", inspect.Parameter.empty),
+            ("constraints", None),
+            ("no_deps_requirements", None),
+            ("skip_packages", None),
+            ("blocking", True),
+            ("show_progress", True),
+            ("requester", None),
+            ("parent", None),
+            ("logCallback", None),
+            ("completedCallback", None),
+        ],
+    }
+    for name, parameters in expected.items():
+        signature = inspect.signature(getattr(packaging, name))
+        assert [(p.name, p.default) for p in signature.parameters.values()] == parameters, name
+
+
 def _cmake_list(text: str, variable: str):
     m = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S)
     assert m, f"{variable} not found"
@@ -271,7 +325,11 @@ def test_real_run_imports_segments_on_the_input_grid(slicer_env, real_cli, insta
     run = logic.lastRun
     assert run.status == "succeeded" and seg is run.segmentationNode
     # nothing temporary is left in the scene (checked first: slicer.util's array helpers leave display nodes)
-    for temporary in ("vtkMRMLLabelMapVolumeNode", "vtkMRMLLabelMapVolumeDisplayNode", "vtkMRMLVolumeArchetypeStorageNode"):
+    for temporary in (
+        "vtkMRMLLabelMapVolumeNode",
+        "vtkMRMLLabelMapVolumeDisplayNode",
+        "vtkMRMLVolumeArchetypeStorageNode",
+    ):
         assert slicer.mrmlScene.GetNumberOfNodesByClass(temporary) == 0, temporary
     assert stages[0] == "preparing" and stages[-1] == "importing" and "segmenting" in stages
 
@@ -322,7 +380,6 @@ def test_real_run_imports_segments_on_the_input_grid(slicer_env, real_cli, insta
     direction = np.array(written.GetDirection()).reshape(3, 3) * np.array(written.GetSpacing())
     np.testing.assert_allclose(lps_to_ras @ direction, matrixArray(ijk_to_ras)[:3, :3], atol=1e-5)
     np.testing.assert_allclose(lps_to_ras @ np.array(written.GetOrigin()), matrixArray(ijk_to_ras)[:3, 3], atol=1e-5)
-
 
 
 @pytest.mark.slow
@@ -520,7 +577,6 @@ def test_cpu_needs_only_onnxruntime_and_asks_through_slicers_pip_ensure(slicer_e
     """Slicer >= 5.12: ``slicer.packaging.pip_ensure`` with Slicer's signature; torch is never asked for on the CPU."""
     import ctk
     import qt
-
     from UNetSegmentLogicLib import dependencies
 
     slicer = slicer_env.slicer

@@ -9,7 +9,6 @@ import ast
 import sys
 import xml.etree.ElementTree as ET
 
-import numpy as np
 import pytest
 from slicer_standin.fakeprocess import FakeProcess
 from slicer_standin.helpers import REPO, makeInputVolume, pumpEvents, shownMessages
@@ -223,7 +222,6 @@ def test_a_failed_run_shows_one_plain_message(slicer_env):
 def test_a_missing_dependency_is_reported_before_anything_runs(slicer_env, monkeypatch):
     import ctk
     import qt
-
     from UNetSegmentLogicLib import dependencies
 
     slicer = slicer_env.slicer
