@@ -284,3 +284,20 @@ def test_advanced_actions(slicer_env, tiny_package):
     assert "a line that is not part of the protocol" in log
     assert not w.ui.logCollapsibleButton.collapsed
     assert [m[0] for m in shownMessages()] == ["question", "question"]  # the two "clear the cache?" questions
+
+
+def test_choosing_the_gpu_without_the_pytorch_extension_says_what_to_do(slicer_env, monkeypatch):
+    from UNetSegmentLogicLib import dependencies
+
+    slicer = slicer_env.slicer
+    makeInputVolume(slicer)
+    w = _widget(slicer_env)
+    w.ui.deviceComboBox.currentIndex = 2  # GPU (CUDA)
+    assert w._parameterNode.device.value == "cuda"
+    monkeypatch.setattr(dependencies, "TORCH_REQUIREMENT", ">=99")  # PyTorch "missing"
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # and no PyTorch extension
+    with pytest.raises(dependencies.DependencyError):
+        w.ui.segmentButton.click()
+    ((kind, text, _),) = shownMessages()
+    assert kind == "error" and "PyTorch extension" in text and "or choose the CPU" in text
+    assert slicer.packaging.installCalls == [] and not w.logic.isRunning()
