@@ -4,7 +4,11 @@ PythonQt exposes Qt properties as attributes (``button.text = "Cancel"``,
 ``combo.currentIndex``, ``progressBar.value``) and signals as objects with
 ``connect``/``disconnect``; old-style ``widget.connect("clicked(bool)", slot)``
 works too. Setting a property that has a change signal emits it, as Qt does.
-Widgets are built from a ``.ui`` file by :mod:`uiloader`.
+Widgets are built from a ``.ui`` file by :mod:`uiloader` (``qt.QUiLoader``).
+Dialogs (``ctk.ctkMessageBox``, which Slicer's own ``slicer.util`` shows) are
+recorded in ``qt.QDialog.shown`` and answered from ``ctkMessageBox.answers``.
+The qMRML widgets observe the real MRML scene, taking call data the VTK way
+(``vtk.calldata_type``).
 """
 
 from __future__ import annotations
