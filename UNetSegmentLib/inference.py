@@ -27,7 +27,7 @@ import torch
 
 from .model_package import ModelPackage
 from .postprocessing import postprocess_labels
-from .preprocessing import preprocess_image
+from .preprocessing import ModelGrid, preprocess_image
 from .sliding_window import sliding_window, window_count
 
 log = logging.getLogger(__name__)
@@ -61,12 +61,19 @@ class CancelledError(Exception):
 
 @dataclass
 class Prediction:
-    """Result of one ``Predictor.predict`` call."""
+    """Result of one ``Predictor.predict`` call.
+
+    ``probabilities``: float32 ``(K, z, y, x)`` softmax averaged over the test-time passes, on the model
+    grid (K = background + labels); ``grid``: that grid (``preprocessing.ModelGrid``), whose
+    ``input_reference`` is the input's grid.
+    """
 
     labelmap: sitk.Image
     volumes_ml: Dict[str, float]
     timings_s: Dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
+    probabilities: Optional[np.ndarray] = None
+    grid: Optional[ModelGrid] = None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -172,6 +179,7 @@ class Predictor:
         report("preprocessing", 1.0)
 
         t0 = time.perf_counter()
+        self._probabilities: Optional[np.ndarray] = None
         try:
             labels_zyx = self._segment(array_zyx, report, should_cancel)
         except torch.cuda.OutOfMemoryError:
@@ -192,7 +200,8 @@ class Predictor:
         labelmap = grid.labels_to_input(labels_zyx, values)
         timings["resampling"] = time.perf_counter() - t0
         report("resampling", 1.0)
-        return Prediction(labelmap, label_volumes_ml(labelmap, self.info.labels), timings, self.device.type)
+        volumes = label_volumes_ml(labelmap, self.info.labels)
+        return Prediction(labelmap, volumes, timings, self.device.type, self._probabilities, grid)
 
     @torch.no_grad()
     def _segment(
@@ -230,6 +239,7 @@ class Predictor:
             probs = p if probs is None else probs + p
             del logits
         assert probs is not None
+        self._probabilities = (probs[0] / len(flips)).float().cpu().numpy()
         return probs[0].argmax(0).to(torch.uint8).cpu().numpy()
 
 
