@@ -350,8 +350,9 @@ def _border_flags(mask: np.ndarray, labelmap: sitk.Image) -> List[Flag]:
             Flag(
                 "output",
                 "touches_end_slice",
-                "The gland reaches the first or last slice: the scan may not cover all of it, so the volume may be "
-                "too small.",
+                "The segmentation reaches the first or last slice: either the scan does not cover the whole gland "
+                "(volume too small) or the outline runs past the apex or base (volume too large), so check those "
+                "slices.",
             )
         )
     edges = [np.take(mask, [0, mask.shape[a] - 1], axis=a).any() for a in range(3) if a != axis_zyx]

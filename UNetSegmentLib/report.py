@@ -94,6 +94,9 @@ def _draw(ax, picture, labels, colors, extent_aspect, letters, title) -> None:
 
 def _summary_lines(summary: Mapping[str, Any], names: Mapping[str, str]) -> List[str]:
     lines = []
+    model = summary.get("model")
+    if model:
+        lines.append(f"Model {model['id']} {model['version']}")
     for key, ml in summary.get("volumes_ml", {}).items():
         lines.append(f"{names.get(key, key)}: {ml:.1f} mL")
     psa = summary.get("psa")
@@ -154,8 +157,14 @@ def write_report_png(
     cor_letters = (orientation_letters(-ex), orientation_letters(ex), orientation_letters(ez), orientation_letters(-ez))
 
     n_top = max(len(axial), 5)
-    fig = plt.figure(figsize=(2.3 * n_top, 6.4), dpi=dpi, facecolor="white")
-    grid = fig.add_gridspec(3, n_top, height_ratios=[1, 1, 0.45], hspace=0.12, wspace=0.04)
+    flags = summary.get("flags") or []
+    text = ["Flags:"] if flags else ["No quality flags."]
+    for f in flags:
+        message = f["message"] if isinstance(f, Mapping) else str(f)
+        text += textwrap.wrap(message, width=int(26 * n_top), initial_indent="- ", subsequent_indent="  ")
+    text_height = 0.1 + 0.075 * len(text)
+    fig = plt.figure(figsize=(2.3 * n_top, 4.8 + 1.6 * text_height), dpi=dpi, facecolor="white")
+    grid = fig.add_gridspec(3, n_top, height_ratios=[1, 1, text_height], hspace=0.25, wspace=0.04)
     for i, z in enumerate(axial):
         ax = fig.add_subplot(grid[0, i])
         aspect = spacing_zyx[1] / spacing_zyx[2]
@@ -172,17 +181,12 @@ def write_report_png(
     ax.text(0.05, 0.9, "\n".join(lines), ha="left", va="top", fontsize=9, transform=ax.transAxes)
     ax = fig.add_subplot(grid[2, :])
     ax.set_axis_off()
-    flags = summary.get("flags") or []
-    text = ["Flags:"] if flags else ["No quality flags."]
-    for f in flags:
-        message = f["message"] if isinstance(f, Mapping) else str(f)
-        text += textwrap.wrap(message, width=int(26 * n_top), initial_indent="- ", subsequent_indent="  ")
     ax.text(0.0, 1.0, "\n".join(text), ha="left", va="top", fontsize=8.5, transform=ax.transAxes)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.stem}.partial.png")
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", facecolor="white")
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
         os.replace(tmp, p)
     finally:
         plt.close(fig)

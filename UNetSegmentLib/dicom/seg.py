@@ -17,6 +17,7 @@ time, so import it only when a SEG is asked for.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -181,27 +182,34 @@ def build_segmentation(
     if series_number is None:
         series_number = int(first.get("SeriesNumber", 0) or 0) + SERIES_NUMBER_OFFSET
     try:
-        return hd.seg.Segmentation(
-            source_images=list(source_headers),
-            pixel_array=segments,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=segment_descriptions(info),
-            series_instance_uid=hd.UID(),
-            series_number=int(series_number),
-            sop_instance_uid=hd.UID(),
-            instance_number=int(instance_number),
-            manufacturer="UNetSegment",
-            manufacturer_model_name=f"{info.id}"[:64],
-            software_versions=f"unetsegment {__version__}; {info.id} {info.version}"[:64],
-            device_serial_number=(info.weights_sha256 or "unknown")[:16],
-            series_description=f"{info.name} ({info.version})"[:64],
-            content_label="SEGMENTATION",
-            content_description=f"{info.id} {info.version}"[:64],
-            content_creator_name="UNetSegment^Automatic",
-            omit_empty_frames=False,
-        )
+        with warnings.catch_warnings():
+            # the source's PatientName is copied as it is; highdicom warns about single-component names
+            warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+            return _segmentation(source_headers, segments, info, series_number, instance_number)
     except (ValueError, TypeError, AttributeError) as e:
         raise DicomSegError(f"cannot build the DICOM SEG: {e}") from e
+
+
+def _segmentation(source_headers, segments, info, series_number: int, instance_number: int) -> hd.seg.Segmentation:
+    return hd.seg.Segmentation(
+        source_images=list(source_headers),
+        pixel_array=segments,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=segment_descriptions(info),
+        series_instance_uid=hd.UID(),
+        series_number=int(series_number),
+        sop_instance_uid=hd.UID(),
+        instance_number=int(instance_number),
+        manufacturer="UNetSegment",
+        manufacturer_model_name=f"{info.id}"[:64],
+        software_versions=f"unetsegment {__version__}; {info.id} {info.version}"[:64],
+        device_serial_number=(info.weights_sha256 or "unknown")[:16],
+        series_description=f"{info.name} ({info.version})"[:64],
+        content_label="SEGMENTATION",
+        content_description=f"{info.id} {info.version}"[:64],
+        content_creator_name="UNetSegment^Automatic",
+        omit_empty_frames=False,
+    )
 
 
 def write_segmentation(seg: hd.seg.Segmentation, path: PathLike) -> Path:
