@@ -163,6 +163,6 @@ def print_findings(result: Dict[str, Any]) -> None:
 
 
 def print_extras(result: Dict[str, Any]) -> None:
-    for key, label in (("dicom_seg", "DICOM SEG"), ("uncertainty", "Uncertainty map"), ("report", "Report picture")):
+    for key, label in (("dicom_seg", "DICOM SEG"), ("uncertainty", "Uncertainty"), ("report", "Picture")):
         if result.get(key):
             print(f"{label + ' written to':<25}{result[key]}")
