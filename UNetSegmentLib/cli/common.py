@@ -164,7 +164,7 @@ class StagedWrites:
         self._staged: List[Tuple[Path, Path]] = []
 
     def temp_for(self, final: Path) -> Path:
-        ext = _matching_extension(final, LABELMAP_EXTENSIONS + (".json",)) or ""
+        ext = _matching_extension(final, LABELMAP_EXTENSIONS + (".json", ".png", ".dcm")) or ""
         stem = final.name[: len(final.name) - len(ext)]
         tmp = final.with_name(f".{stem}.{uuid.uuid4().hex[:8]}.unetsegment-tmp{ext}")
         self._staged.append((tmp, final))
@@ -189,9 +189,10 @@ class SegmentJob:
     """One image to segment and where its results go (absolute paths; None = not written)."""
 
     input: Path
-    labelmap: Path
+    labelmap: Optional[Path]
     seg_nrrd: Optional[Path] = None
     volumes_json: Optional[Path] = None
+    extras: Any = None  #: ``extras.Extras``: DICOM SEG, uncertainty map, report picture, PSA
 
 
 # -- the pipeline ------------------------------------------------------------------------------
@@ -260,10 +261,13 @@ def predict_and_write(
     """
     from .. import io
     from ..segfile import write_seg_nrrd
+    from .extras import Extras, analyse, write_extras
 
+    extras = job.extras or Extras()
     prediction = predictor.predict(image, progress=reporter, should_cancel=cancel.is_set)
     cancel.check()
-    reporter("writing", 0.0, job.labelmap.name)
+    first_output = job.labelmap or extras.dicom_seg
+    reporter("writing", 0.0, first_output.name if first_output else "")
     labels = predictor.info.labels
     staged = StagedWrites()
     try:
@@ -278,7 +282,7 @@ def predict_and_write(
                 raise CliError(EXIT_OUTPUT, f"cannot write {path}: {_one_line(e)}") from None
         result = {
             "input": str(job.input),
-            "output": str(job.labelmap),
+            "output": str(first_output),
             "seg_nrrd": str(job.seg_nrrd) if job.seg_nrrd else None,
             "model": {"id": predictor.info.id, "version": predictor.info.version},
             "volumes_ml": {k: round(v, 3) for k, v in prediction.volumes_ml.items()},
@@ -288,6 +292,8 @@ def predict_and_write(
             "seconds": round(time.perf_counter() - t_start, 2),
             "warnings": list(warnings),
         }
+        result.update(analyse(prediction, image, job.input, predictor.info, extras.psa))
+        write_extras(extras, prediction, image, job.input, predictor.info, result, staged, job.input.name)
         if job.volumes_json is not None:
             try:
                 tmp = staged.temp_for(job.volumes_json)
@@ -318,6 +324,8 @@ def print_volumes(result: Dict[str, Any], names: Dict[str, str]) -> None:
 
 
 def print_written(job: SegmentJob) -> None:
+    if job.labelmap is None:
+        return
     print(f"Labelmap written to      {job.labelmap}")
     if job.seg_nrrd is not None:
         print(f"Segmentation written to  {job.seg_nrrd}")
