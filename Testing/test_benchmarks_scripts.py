@@ -242,12 +242,13 @@ def test_predictor_memory_format(tiny_package):
     from UNetSegmentLib.inference import Predictor
 
     def first_conv_weight(p):
-        return next(m for m in p.network.modules() if isinstance(m, torch.nn.Conv3d) and m.weight.shape[1] > 1).weight
+        modules = p.runtime.network.modules()
+        return next(m for m in modules if isinstance(m, torch.nn.Conv3d) and m.weight.shape[1] > 1).weight
 
-    auto = Predictor(tiny_package, device="cpu")
+    auto = Predictor(tiny_package, device="cpu", backend="torch")
     assert first_conv_weight(auto).is_contiguous(memory_format=torch.channels_last_3d)
     assert not first_conv_weight(auto).is_contiguous()
-    ncdhw = Predictor(tiny_package, device="cpu", memory_format="contiguous")
+    ncdhw = Predictor(tiny_package, device="cpu", memory_format="contiguous", backend="torch")
     assert first_conv_weight(ncdhw).is_contiguous()
     with pytest.raises(ValueError):
         Predictor(tiny_package, device="cpu", memory_format="nhwc")

@@ -484,13 +484,13 @@ def test_a_signal_during_inference_cancels_with_130_and_no_output(
 ):
     from UNetSegmentLib.inference import Predictor
 
-    original = Predictor._segment
+    original = Predictor._probabilities
 
     def interrupted(self, *a, **k):
         os.kill(os.getpid(), getattr(signal, signame))
         return original(self, *a, **k)
 
-    monkeypatch.setattr(Predictor, "_segment", interrupted)
+    monkeypatch.setattr(Predictor, "_probabilities", interrupted)
     before = signal.getsignal(signal.SIGINT)
     code, _, err = seg(
         capsys, tiny_package, t2, "-o", tmp_path / "out" / "o.nrrd", "--seg-nrrd", tmp_path / "out" / "o.seg.nrrd"

@@ -137,13 +137,15 @@ def test_build_network_is_strict(tmp_path, package):
     state = load_file(str(package.weights_path))
     dropped = sorted(state)[0]
     del state[dropped]
-    pkg = ModelPackage.write(tmp_path / "missing-key", package.info, state)
+    with pytest.raises(ModelPackageError, match="(?s)cannot load weights.*Missing key"):
+        ModelPackage.write(tmp_path / "missing-key-onnx", package.info, state)  # the ONNX export loads them
+    pkg = ModelPackage.write(tmp_path / "missing-key", package.info, state, onnx=False)
     with pytest.raises(ModelPackageError, match="(?s)cannot load weights.*Missing key"):
         pkg.build_network()
 
     state = load_file(str(package.weights_path))
     state["extra.weight"] = torch.zeros(1)
-    pkg = ModelPackage.write(tmp_path / "extra-key", package.info, state)
+    pkg = ModelPackage.write(tmp_path / "extra-key", package.info, state, onnx=False)
     with pytest.raises(ModelPackageError, match="Unexpected key"):
         pkg.build_network()
 
@@ -171,7 +173,7 @@ def test_to_zip_has_files_at_top_level_and_round_trips(tmp_path, package):
     assert zip_path == tmp_path / "out" / "tiny.zip"
     assert not list(zip_path.parent.glob("*.part"))
     with zipfile.ZipFile(zip_path) as z:
-        assert sorted(z.namelist()) == [MODEL_JSON, "report/dice.csv", WEIGHTS_FILE]
+        assert sorted(z.namelist()) == [MODEL_JSON, "model.onnx", "report/dice.csv", WEIGHTS_FILE]
         z.extractall(tmp_path / "unzipped")
     again = ModelPackage.load(tmp_path / "unzipped", verify=True)
     assert again.info == package.info

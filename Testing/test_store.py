@@ -18,7 +18,7 @@ import pytest
 from conftest import make_tiny_package
 
 from UNetSegmentLib.download import MAX_ATTEMPTS, safe_extract
-from UNetSegmentLib.model_package import MODEL_JSON, WEIGHTS_FILE, ModelPackage, ModelPackageError, sha256_file
+from UNetSegmentLib.model_package import MODEL_JSON, ONNX_FILE, WEIGHTS_FILE, ModelPackage, ModelPackageError, sha256_file
 from UNetSegmentLib.store import (
     DEFAULT_MODEL_ID,
     CatalogueEntry,
@@ -160,6 +160,7 @@ def _versioned_zip(package: ModelPackage, tmp_path: Path, version: str, single_f
     with zipfile.ZipFile(zip_path, "w") as z:
         z.writestr(prefix + MODEL_JSON, json.dumps(meta))
         z.write(package.weights_path, prefix + WEIGHTS_FILE)
+        z.write(package.onnx_path, prefix + ONNX_FILE)
     return zip_path
 
 
@@ -281,7 +282,7 @@ def test_connection_dropping_repeatedly(server, tmp_path, package_zip, monkeypat
     server.requests.clear()
     store.remove(MODEL_ID)
     with pytest.raises(
-        DownloadError, match=r"interrupted \(the connection closed early\) after 0.0 MB of 0.3 MB; try again"
+        DownloadError, match=r"interrupted \(the connection closed early\) after 0.0 MB of \d.\d MB; try again"
     ):
         store.download(MODEL_ID)
     assert len(server.requests) == MAX_ATTEMPTS
@@ -434,6 +435,7 @@ def test_import_zip_with_tampered_weights_is_refused(tmp_path, package):
     with zipfile.ZipFile(zip_path, "w") as z:
         z.write(package.path / MODEL_JSON, MODEL_JSON)
         z.writestr(WEIGHTS_FILE, bytes(weights))
+        z.write(package.onnx_path, ONNX_FILE)
     store = ModelStore(root=tmp_path / "cache", catalogue=[], bundled_dir=tmp_path / "none")
     with pytest.raises(ModelPackageError, match="fail their checksum"):
         store.import_zip(zip_path)
@@ -461,6 +463,7 @@ def test_zip_slip_member_is_rejected(tmp_path, package, member):
     with zipfile.ZipFile(zip_path, "w") as z:
         z.write(package.path / MODEL_JSON, MODEL_JSON)
         z.write(package.weights_path, WEIGHTS_FILE)
+        z.write(package.onnx_path, ONNX_FILE)
         z.writestr(member, "gotcha")
     store = ModelStore(root=tmp_path / "cache", catalogue=[], bundled_dir=tmp_path / "none")
     with pytest.raises(ModelPackageError, match="unsafe file path"):

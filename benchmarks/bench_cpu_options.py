@@ -210,7 +210,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    from UNetSegmentLib.inference import cpu_supports_bf16
+    from UNetSegmentLib.runtime.torch_runtime import cpu_supports_bf16
     from UNetSegmentLib.io import ImageReadError, read_image
 
     package = load_package(args.model)

@@ -282,7 +282,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     from training.config import ConfigError, load_config
     from training.trainer import network_config
-    from UNetSegmentLib.inference import cpu_supports_bf16
+    from UNetSegmentLib.runtime.torch_runtime import cpu_supports_bf16
     from UNetSegmentLib.network import conv_flops
 
     try:

@@ -249,7 +249,7 @@ def environment() -> Dict[str, Any]:
 
         env["torch"] = torch.__version__
         env["torch_threads"] = torch.get_num_threads()
-        from UNetSegmentLib.inference import cpu_supports_bf16
+        from UNetSegmentLib.runtime.torch_runtime import cpu_supports_bf16
 
         env["cpu_native_bf16"] = cpu_supports_bf16()
     except ImportError:

@@ -116,7 +116,9 @@ def export_run(
     return ModelPackage.write(out_dir, info, state["model"], extra_files=extra_files)
 
 
-def repackage(source: Path, out_dir: Path, version: Optional[str] = None):
+def repackage(
+    source: Path, out_dir: Path, version: Optional[str] = None, metrics: Optional[Dict[str, Any]] = None
+):
     """Write the package at ``source`` again into ``out_dir`` (weights, model card and files kept),
     adding the ONNX network exported from its weights; ``version`` replaces its version.
 
@@ -132,6 +134,9 @@ def repackage(source: Path, out_dir: Path, version: Optional[str] = None):
     if out_dir.resolve() == source.resolve():
         raise ValueError("repackage writes a new folder; give an output other than the source")
     info = src.info if version is None else ModelInfo(**{**src.info.__dict__, "version": version})
+    if metrics:  # new evaluations replace those of the same name
+        training = {**info.training, "metrics": {**info.training.get("metrics", {}), **metrics}}
+        info = ModelInfo(**{**info.__dict__, "training": training})
     keep = {MODEL_JSON, WEIGHTS_FILE, ONNX_FILE}
     extra = {f.relative_to(source).as_posix(): f for f in sorted(source.rglob("*")) if f.is_file()}
     extra = {name: f for name, f in extra.items() if name not in keep}
@@ -264,7 +269,7 @@ def main(argv=None) -> int:
                 raise FileNotFoundError(f"--add {item}: {path} is not a file")
             extra[name if sep else path.name] = path
         if args.repackage:
-            pkg = repackage(args.run_dir, args.out_dir, version=args.version)
+            pkg = repackage(args.run_dir, args.out_dir, version=args.version, metrics=metrics)
         else:
             pkg = export_run(
                 args.run_dir, args.out_dir, metrics, checkpoint=args.checkpoint, extra_files=extra, version=args.version

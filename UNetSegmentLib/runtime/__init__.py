@@ -34,7 +34,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 
-class RuntimeUnavailable(Exception):
+class RuntimeUnavailable(RuntimeError):
     """The runtime, device or precision asked for cannot be used here; the message says why and what to do."""
 
 

@@ -20,6 +20,8 @@ from . import CancelledError, RuntimeUnavailable
 
 log = logging.getLogger(__name__)
 
+#: ``auto``: channels-last (NDHWC) on the CPU, where oneDNN is faster with it; ``contiguous``: NCDHW.
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 #: Window limits (voxels): a GPU takes a whole prostate grid at once; on the CPU a call
 #: takes a second or two at most, so that cancelling answers quickly.
 MAX_WINDOW_VOXELS = {"cuda": 16_000_000, "mps": 4_000_000, "cpu": 1_600_000}
@@ -57,6 +59,8 @@ class TorchRuntime:
         threads: Optional[int] = None,
         memory_format: str = "auto",
     ) -> None:
+        if memory_format not in MEMORY_FORMATS:
+            raise ValueError(f"memory_format must be one of {MEMORY_FORMATS}, not {memory_format!r}")
         self.package = package
         self._precision = precision
         self.memory_format = memory_format
