@@ -25,6 +25,7 @@ from .common import (
     check_output,
     check_writable_folder,
     classify_error,
+    positive_int,
     predict_and_write,
     resolve_model,
     structure_names,
@@ -42,6 +43,13 @@ def add_parser(sub, parents, **fmt) -> None:
     p.add_argument("--pattern", default="*", help="only names matching this glob (e.g. '*_t2w.nii.gz')")
     p.add_argument("--csv", metavar="PATH", help="summary CSV (default: OUTPUT_DIR/summary.csv)")
     p.add_argument("--format", default="nrrd", choices=sorted(BATCH_FORMATS), help="output file type (default: nrrd)")
+    d = p.add_argument_group(
+        "distributed (Dask; pip install 'unetsegment[dask]')",
+        "Cases go to Dask workers, each of which builds its predictor once. A rerun skips the cases "
+        "whose input and labelmap still match the record of an earlier run (--overwrite redoes them).",
+    ).add_mutually_exclusive_group()
+    d.add_argument("--workers", type=positive_int, metavar="N", help="a local cluster of N worker processes")
+    d.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://host:8786")
     p.set_defaults(func=run)
 
 
@@ -91,7 +99,7 @@ def find_cases(folder: Path, pattern: str = "*", skip: Sequence[Path] = ()) -> L
     return unique
 
 
-def _write_csv(path: Path, rows: List[Dict[str, Any]], columns: List[str]) -> None:
+def write_csv(path: Path, rows: List[Dict[str, Any]], columns: List[str]) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,9 +115,46 @@ def _write_csv(path: Path, rows: List[Dict[str, Any]], columns: List[str]) -> No
             tmp.unlink()
 
 
-def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellation) -> int:
+def output_for(out_dir: Path, name: str, fmt: str) -> Path:
+    """The labelmap of case ``name`` in ``out_dir`` (``fmt``: a key of :data:`BATCH_FORMATS`)."""
+    return out_dir / f"{name}{BATCH_FORMATS[fmt]}"
+
+
+def case_row(name: str, path: Path, output: Path) -> Dict[str, Any]:
+    """A summary row for one case, marked failed until :func:`segment_case` succeeds."""
+    return {"case": name, "input": str(path), "output": str(output), "status": "failed", "exit_code": ""}
+
+
+def segment_case(
+    row: Dict[str, Any],
+    path: Path,
+    output: Path,
+    overwrite: bool,
+    channel: Optional[int],
+    predictor,
+    reporter: ProgressReporter,
+    cancel: Cancellation,
+    t0: float,
+) -> Dict[str, Any]:
+    """Read, check, segment and write one case (all-or-nothing); fills ``row`` and returns the result.
+
+    Raises on failure (``classify_error`` turns the exception into the row's exit code and message).
+    """
     from ..validation import read_input
 
+    name = row["case"]
+    job = SegmentJob(path, check_output(output, overwrite, LABELMAP_EXTENSIONS, "output", [path]))
+    reporter("loading", 0.0, f"{name}: reading")
+    image, warnings = read_input(path, channel)
+    for w in warnings:
+        reporter.warning(f"{name}: {w}")
+    result = predict_and_write(job, image, warnings, predictor, reporter, cancel, t0)
+    row.update(status="ok", exit_code=EXIT_OK, error="", warnings="; ".join(warnings))
+    row.update({f"{k}_ml": v for k, v in result["volumes_ml"].items()})
+    return result
+
+
+def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellation) -> int:
     in_dir = Path(args.input_dir).expanduser().absolute()
     if not in_dir.is_dir():
         raise CliError(EXIT_INPUT, f"input folder not found: {in_dir}")
@@ -127,36 +172,27 @@ def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellati
     out_dir.mkdir(parents=True, exist_ok=True)
 
     package = resolve_model(args.model, args.offline, reporter, cancel)
-    predictor = build_predictor(package, args)
     structures = [lab.structure.name for lab in package.info.labels]
     columns = (
         ["case", "input", "status", "exit_code", "error", "output"]
         + [f"{s}_ml" for s in structures]
         + ["seconds", "warnings"]
     )
+    if getattr(args, "workers", None) or getattr(args, "scheduler", None):
+        from .batch_dask import run_distributed
+
+        return run_distributed(args, reporter, cancel, cases, out_dir, csv_path, package, columns)
+    predictor = build_predictor(package, args)
     rows: List[Dict[str, Any]] = []
     first_failure = EXIT_OK
     print(f"Segmenting {len(cases)} case(s) from {in_dir} with {package.info.id} {package.info.version}")
     for i, (name, path) in enumerate(cases):
         reporter.begin_span(i / len(cases), (i + 1) / len(cases))
         t0 = time.perf_counter()
-        output = out_dir / f"{name}{BATCH_FORMATS[args.format]}"
-        row: Dict[str, Any] = {
-            "case": name,
-            "input": str(path),
-            "output": str(output),
-            "status": "failed",
-            "exit_code": "",
-        }
+        output = output_for(out_dir, name, args.format)
+        row = case_row(name, path, output)
         try:
-            job = SegmentJob(path, check_output(output, args.overwrite, LABELMAP_EXTENSIONS, "output", [path]))
-            reporter("loading", 0.0, f"{name}: reading")
-            image, warnings = read_input(path, args.channel)
-            for w in warnings:
-                reporter.warning(f"{name}: {w}")
-            result = predict_and_write(job, image, warnings, predictor, reporter, cancel, t0)
-            row.update(status="ok", exit_code=EXIT_OK, error="", warnings="; ".join(warnings))
-            row.update({f"{k}_ml": v for k, v in result["volumes_ml"].items()})
+            result = segment_case(row, path, output, args.overwrite, args.channel, predictor, reporter, cancel, t0)
             vols = ", ".join(
                 f"{structure_names(predictor).get(k, k)} {v:.1f} mL" for k, v in result["volumes_ml"].items()
             )
@@ -167,15 +203,15 @@ def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellati
             row["seconds"] = round(time.perf_counter() - t0, 2)
             rows.append(row)
             if code == EXIT_CANCELLED:
-                _write_csv(csv_path, rows, columns)
+                write_csv(csv_path, rows, columns)
                 raise
             first_failure = first_failure or code
             print(f"[{i + 1}/{len(cases)}] {name}: FAILED ({message})")
-            _write_csv(csv_path, rows, columns)
+            write_csv(csv_path, rows, columns)
             continue
         row["seconds"] = round(time.perf_counter() - t0, 2)
         rows.append(row)
-        _write_csv(csv_path, rows, columns)
+        write_csv(csv_path, rows, columns)
     failed = sum(r["status"] != "ok" for r in rows)
     print(f"{len(rows) - failed} of {len(rows)} case(s) segmented into {out_dir}; summary: {csv_path}")
     if failed:

@@ -1,0 +1,352 @@
+"""``unetsegment batch --workers N`` / ``--scheduler ADDRESS``: the cases of a batch on Dask distributed.
+
+The client (this process) finds the cases, resolves the model, sends one task per case,
+shows one progress line and writes the summary CSV. A worker process builds its
+predictor on its first case and keeps it for the next ones (:func:`cached_predictor`);
+each case writes its labelmap all-or-nothing, then its record (``case_record``), so a rerun
+skips the cases already done. A failed case is a row with its exit code and message; a
+worker that dies mid-case (killed, out of memory) has its case rerun on another worker by
+the scheduler, and a case that kills ``distributed.scheduler.allowed-failures`` + 1
+workers is reported as failed.
+
+Threads: every task slot on a host gets ``cores // slots`` threads (``--threads`` overrides),
+so that workers x threads never exceeds the cores (see :func:`fair_threads`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import logging
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ..progress import ProgressReporter
+from .common import EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, Cancellation, CliError, classify_error
+
+log = logging.getLogger(__name__)
+
+#: ``args`` attributes a worker needs to build the same predictor as ``batch`` would.
+PREDICTOR_OPTIONS = ("device", "quality", "precision", "threads", "backend")
+#: Options that change a labelmap: a recorded case counts as done only under the same ones.
+RESULT_OPTIONS = ("quality", "precision", "channel", "backend")
+CSV_EVERY_S = 10.0
+
+_predictors: Dict[Tuple, Any] = {}
+_predictors_lock = threading.Lock()
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity: a Slurm/PBS job's share, a container's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def fair_threads(worker) -> int:
+    """Predictor threads for ``worker``: its host's cores shared by every task slot on that host, at least 1.
+
+    A host's task slots are the ``nthreads`` of all the workers the scheduler knows there
+    (one per process with ``--workers``), so that workers x threads never exceeds the cores.
+    """
+    from distributed import get_client
+
+    workers = _all_workers(get_client())
+    host = workers.get(worker.address, {}).get("host")
+    slots = sum(int(w.get("nthreads", 1)) for w in workers.values() if host is not None and w.get("host") == host)
+    return max(1, available_cores() // max(slots, worker.state.nthreads, 1))
+
+
+def _all_workers(client) -> Dict[str, Dict[str, Any]]:
+    try:
+        return client.scheduler_info(n_workers=-1)["workers"]  # newer versions list 5 unless asked
+    except TypeError:
+        return client.scheduler_info()["workers"]
+
+
+def cached_predictor(package_path: str, options: Dict[str, Any]):
+    """This worker process's predictor for the package and options: built on its first case, then kept.
+
+    ``options["threads"]`` None: :func:`fair_threads`.
+    """
+    from distributed import get_worker
+
+    worker = get_worker()
+    with _predictors_lock:
+        key = (package_path, tuple(sorted(options.items())))
+        predictor = _predictors.get(key)
+        if predictor is None:
+            from ..model_package import ModelPackage
+            from .common import build_predictor
+
+            threads = options.get("threads") or fair_threads(worker)
+            package = ModelPackage.load(package_path, verify=True)
+            predictor = build_predictor(package, argparse.Namespace(**{**options, "threads": threads}))
+            _predictors[key] = predictor
+            log.info("worker %s built its predictor (%d threads)", worker.address, threads)
+    return predictor
+
+
+def segment_remote(
+    name: str,
+    input_path: str,
+    output: str,
+    overwrite: bool,
+    skip_done: bool,
+    channel: Optional[int],
+    package_path: str,
+    options: Dict[str, Any],
+    record_key: Dict[str, Any],
+) -> Dict[str, Any]:
+    """One case on a worker: the summary row (never raises for a failure of the case itself).
+
+    ``overwrite``: the labelmap may be replaced (``--overwrite``, or it was not there when
+    the batch started: a rerun after a lost worker). ``skip_done``: return the recorded row,
+    with status ``skipped``, when the case is done (``case_record.done_row``).
+    """
+    from .batch import case_row, segment_case
+    from .case_record import done_row, sha256_of, write_record
+
+    t0 = time.perf_counter()
+    path, out = Path(input_path), Path(output)
+    row = case_row(name, path, out)
+    try:
+        if skip_done:
+            done = done_row(out, path, record_key)
+            if done is not None:
+                return {**done, "status": "skipped"}
+        input_sha256 = sha256_of(path) if path.exists() else ""
+        predictor = cached_predictor(package_path, options)
+        silent = ProgressReporter("none")
+        segment_case(row, path, out, overwrite, channel, predictor, silent, Cancellation(), t0)
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+        write_record(out, path, input_sha256, record_key, row)
+    except Exception as e:  # noqa: BLE001 - a failing case is a row; the batch goes on
+        code, message = classify_error(e)
+        row.update(exit_code=code, error=message, status="failed")
+    row["seconds"] = round(time.perf_counter() - t0, 2)
+    return row
+
+
+def _connect(args: argparse.Namespace):
+    """``(client, cluster or None)``: a local cluster of ``--workers`` processes, or ``--scheduler``'s."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise CliError(EXIT_USAGE, "--workers and --scheduler need Dask: pip install 'unetsegment[dask]'") from None
+    if args.scheduler:
+        try:
+            return Client(args.scheduler, timeout="30s"), None
+        except (OSError, TimeoutError) as e:
+            raise CliError(EXIT_USAGE, f"cannot reach the Dask scheduler {args.scheduler}: {e}") from None
+    cluster = LocalCluster(
+        n_workers=args.workers,
+        threads_per_worker=1,  # one case at a time per process; its predictor gets the threads
+        processes=True,
+        dashboard_address=":0",  # any free port: several clusters may share a machine
+        silence_logs=logging.ERROR,
+    )
+    return Client(cluster), cluster
+
+
+def _check_threads(client, threads: Optional[int]) -> None:
+    """Warn where ``--threads`` times the task slots on a host exceeds its cores."""
+    if not threads:
+        return
+    slots: Dict[str, int] = {}
+    for w in _all_workers(client).values():
+        slots[w.get("host", "")] = slots.get(w.get("host", ""), 0) + int(w.get("nthreads", 1))
+    cores = client.run(available_cores)  # {address: cores}
+    for address, w in _all_workers(client).items():
+        host = w.get("host", "")
+        if address in cores and threads * slots[host] > cores[address]:
+            log.warning(
+                "--threads %d on the %d task slot(s) of %s oversubscribes its %d cores",
+                threads,
+                slots[host],
+                host,
+                cores[address],
+            )
+            slots[host] = 0  # once per host
+
+
+def _options(args: argparse.Namespace) -> Dict[str, Any]:
+    return {k: getattr(args, k) for k in PREDICTOR_OPTIONS if hasattr(args, k)}
+
+
+def _record_key(package, args: argparse.Namespace) -> Dict[str, Any]:
+    info = package.info
+    key: Dict[str, Any] = {"model": {"id": info.id, "version": info.version, "weights_sha256": info.weights_sha256}}
+    key.update({k: getattr(args, k) for k in RESULT_OPTIONS if hasattr(args, k)})
+    return key
+
+
+class _Bar:
+    """One progress line on the client: a tqdm bar on a terminal, otherwise a line per finished case."""
+
+    def __init__(self, total: int, reporter: ProgressReporter, names: Dict[str, str]) -> None:
+        self.total, self.done, self.reporter, self.names = total, 0, reporter, names
+        self.bar = None
+        if reporter.mode == "human" and reporter.stream.isatty():
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, unit="case", desc="segmenting", file=reporter.stream)
+            except ImportError:
+                pass
+
+    def update(self, row: Dict[str, Any]) -> None:
+        self.done += 1
+        if row["status"] == "failed":
+            status = f"FAILED ({row['error']})"
+        else:
+            vols = ", ".join(f"{self.names.get(k[:-3], k[:-3])} {float(v):.1f} mL" for k, v in _volumes(row))
+            status = f"{row['status']}, {vols}" if vols else row["status"]
+        line = f"[{self.done}/{self.total}] {row['case']}: {status}"
+        if self.bar is not None:
+            self.bar.update(1)
+            if row["status"] == "failed":
+                self.bar.write(line)
+        elif self.reporter.mode == "machine":
+            self.reporter("inference", self.done / self.total, f"{self.done}/{self.total} cases")
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _volumes(row: Dict[str, Any]) -> List[Tuple[str, Any]]:
+    return [(k, v) for k, v in row.items() if k.endswith("_ml") and v not in ("", None)]
+
+
+def run_distributed(
+    args: argparse.Namespace,
+    reporter: ProgressReporter,
+    cancel: Cancellation,
+    cases: Sequence[Tuple[str, Path]],
+    out_dir: Path,
+    csv_path: Path,
+    package,
+    columns: List[str],
+) -> int:
+    """``batch`` on Dask: the same cases, labelmaps and summary CSV as the plain loop (plus ``skipped`` rows)."""
+    from .batch import output_for
+
+    columns = list(columns)
+    names = {lab.structure.name: lab.structure.display_name for lab in package.info.labels}
+    client, cluster = _connect(args)
+    try:
+        client.wait_for_workers(args.workers or 1, timeout=120)
+        _check_threads(client, args.threads)
+        options, key = _options(args), _record_key(package, args)
+        print(
+            f"Segmenting {len(cases)} case(s) from {Path(args.input_dir)} with {package.info.id} "
+            f"{package.info.version} on {len(_all_workers(client))} Dask worker(s) ({client.scheduler.address})"
+        )
+        futures = {}
+        run_id = uuid.uuid4().hex[:8]
+        for i, (name, path) in enumerate(cases):
+            output = output_for(out_dir, name, args.format)
+            may_replace = bool(args.overwrite) or not output.exists()
+            future = client.submit(
+                segment_remote,
+                name,
+                str(path),
+                str(output),
+                may_replace,
+                not args.overwrite,
+                args.channel,
+                str(package.path),
+                options,
+                key,
+                key=f"unetsegment-{run_id}-{i}-{name}",
+                pure=False,
+            )
+            futures[future] = (i, name, path, output)
+        rows = _collect(client, futures, cancel, csv_path, columns, _Bar(len(cases), reporter, names))
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    _remove_stale_temporaries(out_dir, [n for n, _ in cases])
+    return _summarise(rows, out_dir, csv_path, reporter)
+
+
+def _collect(client, futures, cancel, csv_path, columns, bar) -> List[Dict[str, Any]]:
+    from distributed import as_completed
+
+    from .batch import case_row, write_csv
+
+    rows: Dict[int, Dict[str, Any]] = {}
+    last_csv = time.monotonic()
+    pending = as_completed(list(futures), with_results=False)
+    try:
+        for future in pending:
+            i, name, path, output = futures[future]
+            rows[i] = _row_of(future, case_row(name, path, output))
+            bar.update(rows[i])
+            if cancel.is_set():
+                raise KeyboardInterrupt
+            if time.monotonic() - last_csv > CSV_EVERY_S:
+                write_csv(csv_path, [rows[k] for k in sorted(rows)], columns)
+                last_csv = time.monotonic()
+    except BaseException:
+        client.cancel(list(futures))
+        write_csv(csv_path, [rows[k] for k in sorted(rows)], columns)
+        raise
+    finally:
+        bar.close()
+    ordered = [rows[k] for k in sorted(rows)]
+    write_csv(csv_path, ordered, columns)
+    return ordered
+
+
+def _row_of(future, row: Dict[str, Any]) -> Dict[str, Any]:
+    """The task's row, or a failed row when the task itself failed (a case that kept killing workers)."""
+    from distributed import KilledWorker
+
+    try:
+        return future.result()
+    except KilledWorker:
+        row.update(
+            status="failed",
+            exit_code=EXIT_INTERNAL,
+            error="the case stopped every worker that took it (out of memory?); try fewer workers or more memory",
+        )
+    except Exception as e:  # noqa: BLE001 - an error in the task machinery is that case's failure
+        code, message = classify_error(e)
+        row.update(status="failed", exit_code=code, error=message)
+    return row
+
+
+def _remove_stale_temporaries(out_dir: Path, names: Sequence[str]) -> None:
+    """Hidden partial files of this batch's cases, left by workers that died while writing."""
+    for name in names:
+        for tmp in out_dir.glob(f".{glob.escape(name)}*.unetsegment-tmp*"):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+
+def _summarise(rows: List[Dict[str, Any]], out_dir: Path, csv_path: Path, reporter: ProgressReporter) -> int:
+    failed = [r for r in rows if r["status"] not in ("ok", "skipped")]
+    skipped = sum(r["status"] == "skipped" for r in rows)
+    segmented = len(rows) - len(failed) - skipped
+    print(
+        f"{segmented} of {len(rows)} case(s) segmented into {out_dir}"
+        + (f", {skipped} already done (skipped)" if skipped else "")
+        + f"; summary: {csv_path}"
+    )
+    if failed:
+        reporter.warning(f"{len(failed)} of {len(rows)} case(s) failed; see {csv_path}")
+        code = int(failed[0]["exit_code"] or EXIT_INTERNAL)
+        return EXIT_CANCELLED if code == EXIT_CANCELLED else code
+    return EXIT_OK
