@@ -206,3 +206,11 @@ def test_without_dask_the_distributed_flags_are_a_usage_error_and_batch_runs_as_
 def test_workers_and_scheduler_exclude_each_other(capsys):
     assert main(["batch", "in", "-o", "out", "--workers", "2", "--scheduler", "tcp://x:8786"]) == EXIT_USAGE
     assert "not allowed with" in capsys.readouterr().err
+
+
+def test_one_gpu_per_worker_by_the_workers_number():
+    from UNetSegmentLib.cli.batch_dask import gpu_for
+
+    assert [gpu_for(i, 4) for i in range(6)] == [0, 1, 2, 3, 0, 1]  # a local cluster's names
+    assert gpu_for("node7-2", 4) == 2  # dask worker --nworkers: NAME-i
+    assert gpu_for(0, 1) is None and gpu_for("tcp://10.0.0.1:4000", 2) is None

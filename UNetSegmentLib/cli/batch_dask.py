@@ -85,11 +85,42 @@ def cached_predictor(package_path: str, options: Dict[str, Any]):
             from .common import build_predictor
 
             threads = options.get("threads") or fair_threads(worker)
+            device = options.get("device")
+            if device == "cuda":
+                device = _worker_gpu(worker.name)
             package = ModelPackage.load(package_path, verify=True)
-            predictor = build_predictor(package, argparse.Namespace(**{**options, "threads": threads}))
+            predictor = build_predictor(
+                package, argparse.Namespace(**{**options, "threads": threads, "device": device})
+            )
             _predictors[key] = predictor
-            log.info("worker %s built its predictor (%d threads)", worker.address, threads)
+            log.info("worker %s built its predictor (%s, %d threads)", worker.address, device, threads)
     return predictor
+
+
+def gpu_for(worker_name: Any, gpus: int) -> Optional[int]:
+    """The GPU of a worker on a machine with ``gpus`` GPUs: its number (a local cluster's 0, 1, ...
+    or ``dask worker --nworkers``' ``NAME-0``, ``NAME-1``, ...) modulo ``gpus``; None with one GPU or
+    a name without a number."""
+    if gpus < 2:
+        return None
+    try:
+        return int(str(worker_name).rsplit("-", 1)[-1]) % gpus
+    except ValueError:
+        return None
+
+
+def _worker_gpu(worker_name: Any) -> str:
+    """``cuda:N`` for this worker where it sees several GPUs (one worker per GPU), else ``cuda``.
+
+    A worker started with ``CUDA_VISIBLE_DEVICES`` (``dask cuda worker`` lists the worker's own
+    GPU first; or one GPU per worker by hand) keeps ``cuda``: the first GPU it sees.
+    """
+    if os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return "cuda"
+    import torch  # --device cuda: the torch runtime
+
+    index = gpu_for(worker_name, torch.cuda.device_count())
+    return "cuda" if index is None else f"cuda:{index}"
 
 
 def segment_remote(
