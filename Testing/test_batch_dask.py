@@ -214,3 +214,39 @@ def test_one_gpu_per_worker_by_the_workers_number():
     assert [gpu_for(i, 4) for i in range(6)] == [0, 1, 2, 3, 0, 1]  # a local cluster's names
     assert gpu_for("node7-2", 4) == 2  # dask worker --nworkers: NAME-i
     assert gpu_for(0, 1) is None and gpu_for("tcp://10.0.0.1:4000", 2) is None
+
+
+class KillAlways(distributed.WorkerPlugin):
+    """SIGKILLs any worker process as soon as it starts a task whose key names ``case``."""
+
+    def __init__(self, case: str) -> None:
+        self.case = case
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if finish == "executing" and self.case in str(key):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_case_that_kills_its_workers_is_a_failed_row_and_the_others_finish(tmp_path, tiny_package):
+    import dask
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a", "b", "poison"):
+        sitk.WriteImage(synthetic_image(seed=len(name)), str(src / f"{name}.nrrd"))
+    # no retry: the first lost worker makes the case bad (the default allows 3)
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=50
+        ) as c,
+        distributed.Client(c) as client,
+    ):
+        client.register_plugin(KillAlways("poison"), name="kill-always")
+        code, _ = _batch(
+            "batch", src, "-o", tmp_path / "out", "--model", tiny_package.path, "--progress", "none",
+            "--scheduler", c.scheduler_address,
+        )  # fmt: skip
+    rows = _rows(tmp_path / "out" / "summary.csv")
+    assert {k: r["status"] for k, r in rows.items()} == {"a": "ok", "b": "ok", "poison": "failed"}
+    assert code == 1 and rows["poison"]["exit_code"] == "1" and "stopped every worker" in rows["poison"]["error"]

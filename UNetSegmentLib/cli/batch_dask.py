@@ -1,7 +1,7 @@
 """``unetsegment batch --workers N`` / ``--scheduler ADDRESS``: the cases of a batch on Dask distributed.
 
-The client (this process) finds the cases, resolves the model, sends one task per case,
-shows one progress line and writes the summary CSV. A worker process builds its
+The client (this process) finds the cases, resolves the model, keeps one case in flight per
+worker thread (task slot), shows one progress line and writes the summary CSV. A worker process builds its
 predictor on its first case and keeps it for the next ones (:func:`cached_predictor`);
 each case writes its labelmap all-or-nothing, then its record (``case_record``), so a rerun
 skips the cases already done. A failed case is a row with its exit code and message; a
@@ -274,18 +274,20 @@ def run_distributed(
     names = {lab.structure.name: lab.structure.display_name for lab in package.info.labels}
     client, cluster = _connect(args)
     try:
-        client.wait_for_workers(args.workers or 1, timeout=120)
+        if args.workers:
+            client.wait_for_workers(args.workers, timeout=120)
+        # with --scheduler the tasks wait in the scheduler for workers (a queued Slurm job, say)
         _check_threads(client, args.threads)
         options, key = _options(args), _record_key(package, args)
         print(
             f"Segmenting {len(cases)} case(s) from {Path(args.input_dir)} with {package.info.id} "
             f"{package.info.version} on {len(_all_workers(client))} Dask worker(s) ({client.scheduler.address})"
         )
-        futures = {}
         run_id = uuid.uuid4().hex[:8]
-        for i, (name, path) in enumerate(cases):
+
+        def submit(i: int, name: str, path: Path):
             output = output_for(out_dir, name, args.format)
-            may_replace = bool(args.overwrite) or not output.exists()
+            may_replace = bool(args.overwrite) or not output.exists()  # not there before: a retry may replace it
             future = client.submit(
                 segment_remote,
                 name,
@@ -300,8 +302,9 @@ def run_distributed(
                 key=f"unetsegment-{run_id}-{i}-{name}",
                 pure=False,
             )
-            futures[future] = (i, name, path, output)
-        rows = _collect(client, futures, cancel, csv_path, columns, _Bar(len(cases), reporter, names))
+            return future, (i, name, path, output)
+
+        rows = _collect(client, cases, submit, cancel, csv_path, columns, _Bar(len(cases), reporter, names))
     finally:
         client.close()
         if cluster is not None:
@@ -310,26 +313,67 @@ def run_distributed(
     return _summarise(rows, out_dir, csv_path, reporter)
 
 
-def _collect(client, futures, cancel, csv_path, columns, bar) -> List[Dict[str, Any]]:
+class _Slots:
+    """The task slots of the cluster (the workers' threads), looked up at most every ``every_s``."""
+
+    def __init__(self, client, every_s: float = 2.0) -> None:
+        self.client, self.every_s = client, every_s
+        self.value, self.when = 1, -float("inf")
+
+    def __call__(self) -> int:
+        if time.monotonic() - self.when > self.every_s:
+            self.value = max(1, sum(self.client.nthreads().values()))
+            self.when = time.monotonic()
+        return self.value
+
+
+def _collect(client, cases, submit, cancel, csv_path, columns, bar) -> List[Dict[str, Any]]:
+    """Keep one case in flight per task slot and gather the rows as the cases finish.
+
+    Submitting no more than the slots (re-counted as workers come and go) means no case waits
+    on a busy worker while another is idle, a lost worker takes only the case it was running
+    with it, and the scheduler holds a few tasks, not a cohort.
+    """
     from distributed import as_completed
 
     from .batch import case_row, write_csv
 
     rows: Dict[int, Dict[str, Any]] = {}
+    in_flight: Dict[Any, tuple] = {}
+    todo = iter(enumerate(cases))
+    slots = _Slots(client)
+    done = as_completed(with_results=False)
+
+    def fill() -> None:
+        while len(in_flight) < slots():
+            nxt = next(todo, None)
+            if nxt is None:
+                return
+            i, (name, path) = nxt
+            future, spec = submit(i, name, path)
+            in_flight[future] = spec
+            done.add(future)
+
     last_csv = time.monotonic()
-    pending = as_completed(list(futures), with_results=False)
     try:
-        for future in pending:
-            i, name, path, output = futures[future]
+        fill()
+        while in_flight:
+            if cancel.is_set():  # Ctrl-C / SIGTERM: polled between cases and while waiting
+                raise KeyboardInterrupt
+            if not done.has_ready():
+                time.sleep(0.1)
+                fill()  # workers may have joined
+                continue
+            future = next(done)
+            i, name, path, output = in_flight.pop(future)
             rows[i] = _row_of(future, case_row(name, path, output))
             bar.update(rows[i])
-            if cancel.is_set():
-                raise KeyboardInterrupt
+            fill()
             if time.monotonic() - last_csv > CSV_EVERY_S:
                 write_csv(csv_path, [rows[k] for k in sorted(rows)], columns)
                 last_csv = time.monotonic()
     except BaseException:
-        client.cancel(list(futures))
+        client.cancel(list(in_flight))
         write_csv(csv_path, [rows[k] for k in sorted(rows)], columns)
         raise
     finally:
