@@ -82,18 +82,18 @@ def software_versions() -> Dict[str, str]:
     }
 
 
-def setup_distributed() -> tuple:
+def setup_distributed(cuda: bool) -> tuple:
     """(rank, world size); initialises the process group under ``torchrun``.
 
-    NCCL where CUDA is available (one GPU per process, ``LOCAL_RANK``), gloo on the CPU.
+    ``cuda``: the run trains on GPUs: NCCL, one GPU per process (``LOCAL_RANK``); otherwise
+    gloo, also on a machine that has GPUs (``train.device=cpu``).
     """
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
         if not torch.distributed.is_initialized():
-            torch.distributed.init_process_group(backend)
+            torch.distributed.init_process_group("nccl" if cuda else "gloo")
         rank = torch.distributed.get_rank()
-        if torch.cuda.is_available():
+        if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         return rank, world
     return 0, 1
@@ -177,11 +177,11 @@ def build(cfg: ExperimentConfig, resume: bool) -> Run:
     resuming = resume and (out / "last.pt").exists()
     init = initial_weights(cfg) if cfg.train.init_from and not resuming else None  # checked before writing
     out.mkdir(parents=True, exist_ok=True)
-    rank, world = setup_distributed()
+    device = resolve_device(cfg.train.device)
+    rank, world = setup_distributed(device.type == "cuda")
     seed_everything(cfg.train.seed + rank)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    device = resolve_device(cfg.train.device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     bf16 = cfg.train.precision == "bfloat16" or (
