@@ -131,6 +131,19 @@ def test_dask_batch_gives_the_plain_batchs_labelmaps(plain_batch, dask_batch):
 
 
 @pytest.mark.shared_data
+def test_each_worker_built_one_predictor_with_its_share_of_the_cores(dask_batch, cluster):
+    from UNetSegmentLib.cli.batch_dask import available_cores, built_predictors
+
+    _, client = cluster
+    built, cores = client.run(built_predictors), client.run(available_cores)
+    # the worker alive since the start did at least one case (the killed one's replacement may have none)
+    assert len(built) == 2 and any(built.values())
+    for address, predictors in built.items():
+        # at most one predictor per process, kept for its next cases; 2 workers x threads <= cores
+        assert predictors in ([], [("auto", max(1, cores[address] // 2))]), address
+
+
+@pytest.mark.shared_data
 def test_a_worker_killed_mid_case_has_its_case_done_elsewhere(dask_batch, cluster):
     killed = dask_batch["killed"]
     assert killed["output_existed"] is False  # it died before Case25's labelmap was written
@@ -250,3 +263,20 @@ def test_a_case_that_kills_its_workers_is_a_failed_row_and_the_others_finish(tmp
     rows = _rows(tmp_path / "out" / "summary.csv")
     assert {k: r["status"] for k, r in rows.items()} == {"a": "ok", "b": "ok", "poison": "failed"}
     assert code == 1 and rows["poison"]["exit_code"] == "1" and "stopped every worker" in rows["poison"]["error"]
+
+
+def test_threads_given_by_hand_warn_where_they_oversubscribe_a_host(caplog):
+    from UNetSegmentLib.cli.batch_dask import _check_threads
+
+    class TwoWorkersOnTwoCores:
+        def scheduler_info(self, n_workers=5):
+            return {"workers": {a: {"host": "h", "nthreads": 1} for a in ("tcp://h:1", "tcp://h:2")}}
+
+        def run(self, fn):
+            return {"tcp://h:1": 2, "tcp://h:2": 2}
+
+    with caplog.at_level("WARNING", logger="UNetSegmentLib"):
+        _check_threads(TwoWorkersOnTwoCores(), 1)
+        assert not caplog.records
+        _check_threads(TwoWorkersOnTwoCores(), 2)
+    assert len(caplog.records) == 1 and "oversubscribes its 2 cores" in caplog.text

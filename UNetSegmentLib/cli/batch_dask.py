@@ -19,6 +19,7 @@ import argparse
 import glob
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
@@ -38,6 +39,8 @@ CSV_EVERY_S = 10.0
 
 _predictors: Dict[Tuple, Any] = {}
 _predictors_lock = threading.Lock()
+#: (device, threads) of every predictor this process built (see :func:`built_predictors`)
+_built: List[Tuple[str, int]] = []
 
 
 def available_cores() -> int:
@@ -93,8 +96,14 @@ def cached_predictor(package_path: str, options: Dict[str, Any]):
                 package, argparse.Namespace(**{**options, "threads": threads, "device": device})
             )
             _predictors[key] = predictor
+            _built.append((str(device), int(threads)))
             log.info("worker %s built its predictor (%s, %d threads)", worker.address, device, threads)
     return predictor
+
+
+def built_predictors() -> List[Tuple[str, int]]:
+    """``(device, threads)`` of the predictors this worker process has built (``client.run`` it)."""
+    return list(_built)
 
 
 def gpu_for(worker_name: Any, gpus: int) -> Optional[int]:
@@ -112,10 +121,12 @@ def gpu_for(worker_name: Any, gpus: int) -> Optional[int]:
 def _worker_gpu(worker_name: Any) -> str:
     """``cuda:N`` for this worker where it sees several GPUs (one worker per GPU), else ``cuda``.
 
-    A worker started with ``CUDA_VISIBLE_DEVICES`` (``dask cuda worker`` lists the worker's own
-    GPU first; or one GPU per worker by hand) keeps ``cuda``: the first GPU it sees.
+    A dask-cuda worker keeps ``cuda``: dask-cuda lists the worker's own GPU first in its
+    ``CUDA_VISIBLE_DEVICES``. So does a worker that sees one GPU (one per worker by hand).
+    A ``CUDA_VISIBLE_DEVICES`` that Slurm set for the whole job lists the same GPUs to
+    every worker: they are shared out by number.
     """
-    if os.environ.get("CUDA_VISIBLE_DEVICES"):
+    if "dask_cuda" in sys.modules:
         return "cuda"
     import torch  # --device cuda: the torch runtime
 
@@ -189,13 +200,15 @@ def _check_threads(client, threads: Optional[int]) -> None:
     """Warn where ``--threads`` times the task slots on a host exceeds its cores."""
     if not threads:
         return
+    workers = _all_workers(client)
     slots: Dict[str, int] = {}
-    for w in _all_workers(client).values():
+    for w in workers.values():
         slots[w.get("host", "")] = slots.get(w.get("host", ""), 0) + int(w.get("nthreads", 1))
     cores = client.run(available_cores)  # {address: cores}
-    for address, w in _all_workers(client).items():
+    warned = set()
+    for address, w in workers.items():
         host = w.get("host", "")
-        if address in cores and threads * slots[host] > cores[address]:
+        if host not in warned and address in cores and threads * slots[host] > cores[address]:
             log.warning(
                 "--threads %d on the %d task slot(s) of %s oversubscribes its %d cores",
                 threads,
@@ -203,7 +216,7 @@ def _check_threads(client, threads: Optional[int]) -> None:
                 host,
                 cores[address],
             )
-            slots[host] = 0  # once per host
+            warned.add(host)
 
 
 def _options(args: argparse.Namespace) -> Dict[str, Any]:
@@ -243,10 +256,10 @@ class _Bar:
             self.bar.update(1)
             if row["status"] == "failed":
                 self.bar.write(line)
-        elif self.reporter.mode == "machine":
+            return
+        print(line, flush=True)  # stdout, as the plain batch's lines
+        if self.reporter.mode == "machine":
             self.reporter("inference", self.done / self.total, f"{self.done}/{self.total} cases")
-        else:
-            print(line, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -309,7 +322,7 @@ def run_distributed(
         client.close()
         if cluster is not None:
             cluster.close()
-    _remove_stale_temporaries(out_dir, [n for n, _ in cases])
+        _remove_stale_temporaries(out_dir, [n for n, _ in cases])
     return _summarise(rows, out_dir, csv_path, reporter)
 
 
