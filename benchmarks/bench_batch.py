@@ -313,6 +313,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.dry_run:
         for v, c in commands.items():
             print(f"{v}: {shlex.join(c)}")
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
         return 0
     counter = {v: 0 for v in args.variants}
 
