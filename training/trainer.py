@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import yaml
 
-from UNetSegmentLib.inference import cpu_supports_bf16, resolve_device
 from UNetSegmentLib.network import UNet3D, UNet3DConfig, count_parameters
 from UNetSegmentLib.preprocessing import PreprocessingSpec
+from UNetSegmentLib.runtime.torch_runtime import cpu_supports_bf16, resolve_device
 
 from .config import ConfigError, ExperimentConfig, from_dict
 from .data import Case
@@ -353,11 +353,15 @@ def validate(run: Run) -> Dict[str, float]:
     per_structure: Dict[str, List[float]] = {n: [] for n in names}
     gland: List[float] = []
     missed = 0.0
-    for v in run.val:
-        x = torch.from_numpy(v.image)[None, None].to(run.device)
+
+    def network(window: np.ndarray) -> np.ndarray:  # (1, 1, *patch) -> (1, K, *patch), numpy float32
         with autocast(run):
-            logits = sliding_window(x, run.cfg.model.patch_size_zyx, lambda w: model(w).float(), overlap=0.25)
-        pred = logits.float().argmax(1)[0].cpu().numpy()
+            return model(torch.from_numpy(window).to(run.device)).float().cpu().numpy()
+
+    for v in run.val:
+        x = np.ascontiguousarray(v.image[None, None], dtype=np.float32)
+        logits = sliding_window(x, run.cfg.model.patch_size_zyx, network, overlap=0.25)
+        pred = logits.argmax(1)[0]
         t = v.target
         gland.append(_dice(pred > 0, t > 0))
         missed += anatomy_checks(pred > 0, t > 0)["slices_missed"]

@@ -33,8 +33,11 @@ log = logging.getLogger(__name__)
 
 #: ``args`` attributes a worker needs to build the same predictor as ``batch`` would.
 PREDICTOR_OPTIONS = ("device", "quality", "precision", "threads", "backend")
-#: Options that change a labelmap: a recorded case counts as done only under the same ones.
+#: Options that change a case's outputs: a recorded case counts as done only under the same ones
+#: (and the extra outputs asked for, ``extras.BATCH_SUFFIXES``, and the case's PSA).
 RESULT_OPTIONS = ("quality", "precision", "channel", "backend")
+#: ``args`` attributes a worker needs to write a case as ``batch`` does.
+CASE_OPTIONS = ("channel", "dicom_seg", "uncertainty", "report")
 CSV_EVERY_S = 10.0
 
 _predictors: Dict[Tuple, Any] = {}
@@ -140,37 +143,43 @@ def segment_remote(
     output: str,
     overwrite: bool,
     skip_done: bool,
-    channel: Optional[int],
+    case_options: Dict[str, Any],
+    psa: Optional[float],
     package_path: str,
     options: Dict[str, Any],
     record_key: Dict[str, Any],
 ) -> Dict[str, Any]:
-    """One case on a worker: the summary row (never raises for a failure of the case itself).
+    """One case on a worker: its summary row, with its ``--report`` index entry under ``"_index"``.
 
-    ``overwrite``: the labelmap may be replaced (``--overwrite``, or it was not there when
-    the batch started: a rerun after a lost worker). ``skip_done``: return the recorded row,
-    with status ``skipped``, when the case is done (``case_record.done_row``).
+    Never raises for a failure of the case itself. ``overwrite``: the outputs may be replaced
+    (``--overwrite``, or the labelmap was not there when the batch started: a rerun after a
+    lost worker). ``skip_done``: return the recorded row, with status ``skipped``, when the
+    case is done (``case_record.done_row``). ``case_options``: :data:`CASE_OPTIONS`.
     """
-    from .batch import case_row, segment_case
+    from .batch import case_row, index_row, segment_case
     from .case_record import done_row, sha256_of, write_record
 
     t0 = time.perf_counter()
     path, out = Path(input_path), Path(output)
     row = case_row(name, path, out)
+    key = {**record_key, "psa": psa}
     try:
         if skip_done:
-            done = done_row(out, path, record_key)
+            done = done_row(out, path, key)
             if done is not None:
                 return {**done, "status": "skipped"}
         input_sha256 = sha256_of(path) if path.exists() else ""
         predictor = cached_predictor(package_path, options)
+        args = argparse.Namespace(overwrite=overwrite, **case_options)
         silent = ProgressReporter("none")
-        segment_case(row, path, out, overwrite, channel, predictor, silent, Cancellation(), t0)
+        result = segment_case(row, path, out, args, psa, predictor, silent, Cancellation(), t0)
         row["seconds"] = round(time.perf_counter() - t0, 2)
-        write_record(out, path, input_sha256, record_key, row)
+        row["_index"] = index_row(name, result)
+        write_record(out, path, input_sha256, key, row)
     except Exception as e:  # noqa: BLE001 - a failing case is a row; the batch goes on
         code, message = classify_error(e)
         row.update(exit_code=code, error=message, status="failed")
+        row["_index"] = {"case": name, "status": "failed", "error": message}
     row["seconds"] = round(time.perf_counter() - t0, 2)
     return row
 
@@ -224,9 +233,11 @@ def _options(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def _record_key(package, args: argparse.Namespace) -> Dict[str, Any]:
+    from .extras import BATCH_SUFFIXES
+
     info = package.info
     key: Dict[str, Any] = {"model": {"id": info.id, "version": info.version, "weights_sha256": info.weights_sha256}}
-    key.update({k: getattr(args, k) for k in RESULT_OPTIONS if hasattr(args, k)})
+    key.update({k: getattr(args, k) for k in (*RESULT_OPTIONS, *BATCH_SUFFIXES) if hasattr(args, k)})
     return key
 
 
@@ -249,7 +260,11 @@ class _Bar:
         if row["status"] == "failed":
             status = f"FAILED ({row['error']})"
         else:
-            vols = ", ".join(f"{self.names.get(k[:-3], k[:-3])} {float(v):.1f} mL" for k, v in _volumes(row))
+            vols = ", ".join(
+                f"{shown} {float(row[f'{s}_ml']):.1f} mL"
+                for s, shown in self.names.items()
+                if row.get(f"{s}_ml") not in ("", None)
+            )
             status = f"{row['status']}, {vols}" if vols else row["status"]
         line = f"[{self.done}/{self.total}] {row['case']}: {status}"
         if self.bar is not None:
@@ -266,10 +281,6 @@ class _Bar:
             self.bar.close()
 
 
-def _volumes(row: Dict[str, Any]) -> List[Tuple[str, Any]]:
-    return [(k, v) for k, v in row.items() if k.endswith("_ml") and v not in ("", None)]
-
-
 def run_distributed(
     args: argparse.Namespace,
     reporter: ProgressReporter,
@@ -279,9 +290,10 @@ def run_distributed(
     csv_path: Path,
     package,
     columns: List[str],
+    psa_by_case: Dict[str, float],
 ) -> int:
-    """``batch`` on Dask: the same cases, labelmaps and summary CSV as the plain loop (plus ``skipped`` rows)."""
-    from .batch import output_for
+    """``batch`` on Dask: the same cases, outputs and summary CSV as the plain loop (plus ``skipped`` rows)."""
+    from .batch import output_for, write_index
 
     columns = list(columns)
     names = {lab.structure.name: lab.structure.display_name for lab in package.info.labels}
@@ -308,7 +320,8 @@ def run_distributed(
                 str(output),
                 may_replace,
                 not args.overwrite,
-                args.channel,
+                {k: getattr(args, k, None) for k in CASE_OPTIONS},
+                psa_by_case.get(name),
                 str(package.path),
                 options,
                 key,
@@ -323,7 +336,11 @@ def run_distributed(
         if cluster is not None:
             cluster.close()
         _remove_stale_temporaries(out_dir, [n for n, _ in cases])
-    return _summarise(rows, out_dir, csv_path, reporter)
+    index_rows = [r.pop("_index", None) or {"case": r["case"], "status": r["status"]} for r in rows]
+    code = _summarise(rows, out_dir, csv_path, reporter)
+    if getattr(args, "report", False):
+        write_index(index_rows, out_dir, Path(args.input_dir).expanduser().absolute())
+    return code
 
 
 class _Slots:

@@ -1,0 +1,1 @@
+"""DICOM input and output: the source series' headers and DICOM Segmentation objects (``seg``)."""
