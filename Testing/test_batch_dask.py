@@ -280,3 +280,26 @@ def test_threads_given_by_hand_warn_where_they_oversubscribe_a_host(caplog):
         assert not caplog.records
         _check_threads(TwoWorkersOnTwoCores(), 2)
     assert len(caplog.records) == 1 and "oversubscribes its 2 cores" in caplog.text
+
+
+def test_the_extra_outputs_and_the_index_page_are_the_plain_batchs(tmp_path, tiny_package, cluster):
+    pytest.importorskip("matplotlib")
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in (1, 2):
+        sitk.WriteImage(synthetic_image(seed=i), str(src / f"case{i}.nrrd"))
+    clinical = tmp_path / "psa.csv"
+    clinical.write_text("case,psa\ncase1,6.5\ncase2,12\n", encoding="utf-8")
+    args = ("--model", tiny_package.path, "--progress", "none", "--report", "--uncertainty", "--clinical", clinical)
+    assert _batch("batch", src, "-o", tmp_path / "plain", *args)[0] == EXIT_OK
+    code, _ = _batch("batch", src, "-o", tmp_path / "dask", *args, "--scheduler", cluster[0].scheduler_address)
+    assert code == EXIT_OK
+    files = sorted(p.name for p in (tmp_path / "plain").iterdir())
+    assert "index.html" in files and "case1_report.png" in files and "case2_uncertainty.nii.gz" in files
+    assert sorted(p.name for p in (tmp_path / "dask").iterdir() if not p.name.startswith(".")) == files
+    plain, dask_rows = _rows(tmp_path / "plain" / "summary.csv"), _rows(tmp_path / "dask" / "summary.csv")
+    same = ("status", "prostate_ml", "gland_ml", "psa_ng_ml", "psa_density", "confidence", "flag_codes")
+    for case in ("case1", "case2"):
+        assert {k: dask_rows[case][k] for k in same} == {k: plain[case][k] for k in same}
+    assert dask_rows["case2"]["psa_ng_ml"] == "12.0" or float(dask_rows["case2"]["psa_ng_ml"]) == 12.0
+    assert "case1_report.png" in (tmp_path / "dask" / "index.html").read_text(encoding="utf-8")
