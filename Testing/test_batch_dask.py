@@ -140,7 +140,13 @@ def test_each_worker_built_one_predictor_with_its_share_of_the_cores(dask_batch,
     assert len(built) == 2 and any(built.values())
     for address, predictors in built.items():
         # at most one predictor per process, kept for its next cases; 2 workers x threads <= cores
-        assert predictors in ([], [("auto", max(1, cores[address] // 2))]), address
+        assert len(predictors) <= 1 and all(p[:2] == ("auto", max(1, cores[address] // 2)) for p in predictors)
+    if all(p[2] != "torch" for ps in built.values() for p in ps):  # ONNX Runtime or OpenVINO on the CPU
+        assert not any(client.run(_imports_torch).values())  # a CPU segmentation runs without torch
+
+
+def _imports_torch() -> bool:
+    return "torch" in sys.modules
 
 
 @pytest.mark.shared_data

@@ -42,8 +42,8 @@ CSV_EVERY_S = 10.0
 
 _predictors: Dict[Tuple, Any] = {}
 _predictors_lock = threading.Lock()
-#: (device, threads) of every predictor this process built (see :func:`built_predictors`)
-_built: List[Tuple[str, int]] = []
+#: (device, threads, backend) of every predictor this process built (see :func:`built_predictors`)
+_built: List[Tuple[str, int, str]] = []
 
 
 def available_cores() -> int:
@@ -99,13 +99,13 @@ def cached_predictor(package_path: str, options: Dict[str, Any]):
                 package, argparse.Namespace(**{**options, "threads": threads, "device": device})
             )
             _predictors[key] = predictor
-            _built.append((str(device), int(threads)))
+            _built.append((str(device), int(threads), str(getattr(predictor, "backend", ""))))
             log.info("worker %s built its predictor (%s, %d threads)", worker.address, device, threads)
     return predictor
 
 
-def built_predictors() -> List[Tuple[str, int]]:
-    """``(device, threads)`` of the predictors this worker process has built (``client.run`` it)."""
+def built_predictors() -> List[Tuple[str, int, str]]:
+    """``(device, threads, backend)`` of the predictors this worker process has built (``client.run`` it)."""
     return list(_built)
 
 
