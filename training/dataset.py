@@ -97,7 +97,7 @@ def load_volume(case: Case, spec: PreprocessingSpec, structures: Sequence[str], 
     if label.GetDimension() != 3:
         raise ValueError(f"label of {case.case_id} is {label.GetDimension()}D, expected 3D")
     target, kind = targets_for(preprocess_label(label, grid), case.label_map, structures)
-    tmp = f.with_suffix(".tmp.npz")
+    tmp = f.with_name(f"{f.stem}.{os.getpid()}.tmp.npz")  # one per process: caches may be shared
     np.savez_compressed(tmp, image=array.astype(np.float32), target=target, kind=kind)
     os.replace(tmp, f)
     return Volume(case, array, target, kind)

@@ -4,7 +4,13 @@ Examples::
 
     python training/train.py --config training/configs/default_wholegland.yaml
     python training/train.py --config training/configs/nci_isbi.yaml data.sources.0.path=/data/NCI-ISBI
-    torchrun --nproc_per_node 4 training/train.py --config ...   # several GPUs
+    torchrun --nproc_per_node 4 training/train.py --config ...   # several GPUs (one process each)
+    torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d --rdzv_endpoint HOST:29400 \
+        --rdzv_id RUN training/train.py --config ...               # on every node: several nodes
+
+Under ``torchrun`` each process trains on its own random patches (the batch is
+per process), DistributedDataParallel averages the gradients, and rank 0 alone
+validates and writes the run folder.
 
 The run folder (``output_dir``) receives the config, software versions, the
 patient split, CSV and TensorBoard logs, ``last.pt`` (resume with
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -35,7 +42,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    # under torchrun every process runs this; rank 0 alone logs progress and writes the run folder
+    rank = int(os.environ.get("RANK", 0))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(message)s"
+        if rank == 0
+        else f"%(asctime)s rank {rank} %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
@@ -48,6 +63,8 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"train.py: {e}", file=sys.stderr)
         return 1
+    if rank != 0:
+        return 0
     print(f"run folder: {out}")
     if args.export:
         from training.export import export_run

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import yaml
 
-from UNetSegmentLib.runtime.torch_runtime import cpu_supports_bf16, resolve_device
 from UNetSegmentLib.network import UNet3D, UNet3DConfig, count_parameters
 from UNetSegmentLib.preprocessing import PreprocessingSpec
+from UNetSegmentLib.runtime.torch_runtime import cpu_supports_bf16, resolve_device
 
 from .config import ConfigError, ExperimentConfig, from_dict
 from .data import Case
@@ -82,21 +82,58 @@ def software_versions() -> Dict[str, str]:
     }
 
 
-def setup_distributed() -> tuple:
-    """(rank, world size); initialises the process group under ``torchrun``."""
+def setup_distributed(cuda: bool) -> tuple:
+    """(rank, world size); initialises the process group under ``torchrun``.
+
+    ``cuda``: the run trains on GPUs: NCCL, one GPU per process (``LOCAL_RANK``); otherwise
+    gloo, also on a machine that has GPUs (``train.device=cpu``).
+    """
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if cuda else "gloo")
         rank = torch.distributed.get_rank()
-        if torch.cuda.is_available():
+        if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         return rank, world
     return 0, 1
 
 
-def load_data(cfg: ExperimentConfig, out: Path) -> tuple:
-    """Read the sources, split by patient, and preprocess every case (cached)."""
+def barrier(run_or_world) -> None:
+    """Wait for every process (no-op in a single process)."""
+    world = run_or_world if isinstance(run_or_world, int) else run_or_world.world
+    if world > 1:
+        torch.distributed.barrier()
+
+
+def agree_max(run: Run, value: float) -> float:
+    """The largest ``value`` over the processes, so that every rank takes the same decision.
+
+    Wall clocks differ between ranks: a time-limit stop or a time-based learning rate
+    decided per rank would leave one rank waiting in an all-reduce, or the weights apart.
+    """
+    if run.world == 1:
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64, device=run.device if run.device.type == "cuda" else "cpu")
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return float(t.item())
+
+
+def mean_over_ranks(run: Run, value: float) -> float:
+    """The mean of ``value`` over the processes (the logged training loss covers every rank's patches)."""
+    if run.world == 1:
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64, device=run.device if run.device.type == "cuda" else "cpu")
+    torch.distributed.all_reduce(t)
+    return float(t.item()) / run.world
+
+
+def load_data(cfg: ExperimentConfig, out: Path, rank: int = 0, world: int = 1) -> tuple:
+    """Read the sources, split by patient, and preprocess every case (cached).
+
+    Under ``torchrun`` rank 0 fills the cache first and the other ranks then read it,
+    so that no two processes preprocess (and write) the same case.
+    """
     cases = config_cases(cfg)
     spec = preprocessing_spec(cfg)
     cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out / "cache"
@@ -106,10 +143,14 @@ def load_data(cfg: ExperimentConfig, out: Path) -> tuple:
         raise ValueError("no labelled training cases in the configured sources")
     from tqdm import tqdm
 
+    if rank > 0:
+        barrier(world)  # rank 0 is preprocessing
     vols = [
         load_volume(c, spec, cfg.model.structures, cache)
-        for c in tqdm(train_cases + val_cases, desc="preprocessing", unit="case", disable=None)
+        for c in tqdm(train_cases + val_cases, desc="preprocessing", unit="case", disable=rank != 0 or None)
     ]
+    if rank == 0:
+        barrier(world)  # the cache is complete
     return cases, vols[: len(train_cases)], vols[len(train_cases) :]
 
 
@@ -136,17 +177,17 @@ def build(cfg: ExperimentConfig, resume: bool) -> Run:
     resuming = resume and (out / "last.pt").exists()
     init = initial_weights(cfg) if cfg.train.init_from and not resuming else None  # checked before writing
     out.mkdir(parents=True, exist_ok=True)
-    rank, world = setup_distributed()
+    device = resolve_device(cfg.train.device)
+    rank, world = setup_distributed(device.type == "cuda")
     seed_everything(cfg.train.seed + rank)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    device = resolve_device(cfg.train.device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     bf16 = cfg.train.precision == "bfloat16" or (
         cfg.train.precision == "auto" and (device.type == "cuda" or cpu_supports_bf16())
     )
-    cases, train, val = load_data(cfg, out)
+    cases, train, val = load_data(cfg, out, rank, world)
     if rank == 0:
         write_split(out, cases)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
@@ -313,12 +354,12 @@ def validate(run: Run) -> Dict[str, float]:
     gland: List[float] = []
     missed = 0.0
 
-    def network(window: np.ndarray) -> np.ndarray:
+    def network(window: np.ndarray) -> np.ndarray:  # (1, 1, *patch) -> (1, K, *patch), numpy float32
         with autocast(run):
             return model(torch.from_numpy(window).to(run.device)).float().cpu().numpy()
 
     for v in run.val:
-        x = np.ascontiguousarray(v.image, dtype=np.float32)[None, None]
+        x = np.ascontiguousarray(v.image[None, None], dtype=np.float32)
         logits = sliding_window(x, run.cfg.model.patch_size_zyx, network, overlap=0.25)
         pred = logits.argmax(1)[0]
         t = v.target
@@ -388,17 +429,20 @@ def fit(run: Run) -> Dict[str, float]:
     batches = iter(loader)
     model = run.model
     if run.world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model)
+        # DDP broadcasts rank 0's weights and buffers, then averages the gradients in backward()
+        ids = [run.device.index] if run.device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     loss_fn = PartialLabelDiceCE(run.cfg.train.slice_presence_weight, run.cfg.train.slice_absence_weight)
     logger = Logger(run.out, run.rank == 0)
     start = time.monotonic() - run.elapsed_s
     metrics: Dict[str, float] = {}
     while run.epoch < cfg.train.epochs:
         t0 = time.monotonic()
-        loss = train_epoch(run, batches, loss_fn, model, progress_of(run, (t0 - start) / 60))
+        progress = agree_max(run, progress_of(run, (t0 - start) / 60))  # one learning rate on every rank
+        loss = mean_over_ranks(run, train_epoch(run, batches, loss_fn, model, progress))
         run.epoch += 1
         values = {"train_loss": loss, "lr": run.optimizer.param_groups[0]["lr"], "epoch_s": time.monotonic() - t0}
-        run.elapsed_s = time.monotonic() - start
+        run.elapsed_s = agree_max(run, time.monotonic() - start)
         out_of_time = cfg.train.time_limit_min > 0 and run.elapsed_s / 60 > cfg.train.time_limit_min
         last = run.epoch == cfg.train.epochs or out_of_time
         if run.rank == 0 and run.val and (run.epoch % cfg.train.validate_every == 0 or last):
@@ -427,5 +471,6 @@ def run(cfg: ExperimentConfig, resume: bool = False) -> Path:
         summary = {"best_epoch": r.best_epoch, "best_val_dice": r.best_dice, "epochs": r.epoch}
         (r.out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     if r.world > 1:
+        barrier(r)  # rank 0's checkpoints and summary are on disk before any process returns
         torch.distributed.destroy_process_group()
     return r.out

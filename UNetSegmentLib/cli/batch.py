@@ -28,6 +28,7 @@ from .common import (
     check_runtime_options,
     check_writable_folder,
     classify_error,
+    positive_int,
     predict_and_write,
     resolve_model,
     structure_names,
@@ -46,6 +47,13 @@ def add_parser(sub, parents, **fmt) -> None:
     p.add_argument("--csv", metavar="PATH", help="summary CSV (default: OUTPUT_DIR/summary.csv)")
     p.add_argument("--format", default="nrrd", choices=sorted(BATCH_FORMATS), help="output file type (default: nrrd)")
     extras.add_batch_arguments(p)
+    d = p.add_argument_group(
+        "distributed (Dask; pip install 'unetsegment[dask]')",
+        "Cases go to Dask workers, each of which builds its predictor once. A rerun skips the cases "
+        "whose input and labelmap still match the record of an earlier run (--overwrite redoes them).",
+    ).add_mutually_exclusive_group()
+    d.add_argument("--workers", type=positive_int, metavar="N", help="a local cluster of N worker processes")
+    d.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://host:8786")
     p.set_defaults(func=run)
 
 
@@ -95,7 +103,7 @@ def find_cases(folder: Path, pattern: str = "*", skip: Sequence[Path] = ()) -> L
     return unique
 
 
-def _write_csv(path: Path, rows: List[Dict[str, Any]], columns: List[str]) -> None:
+def write_csv(path: Path, rows: List[Dict[str, Any]], columns: List[str]) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,10 +119,51 @@ def _write_csv(path: Path, rows: List[Dict[str, Any]], columns: List[str]) -> No
             tmp.unlink()
 
 
-def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellation) -> int:
-    check_runtime_options(args)
+def output_for(out_dir: Path, name: str, fmt: str) -> Path:
+    """The labelmap of case ``name`` in ``out_dir`` (``fmt``: a key of :data:`BATCH_FORMATS`)."""
+    return out_dir / f"{name}{BATCH_FORMATS[fmt]}"
+
+
+def case_row(name: str, path: Path, output: Path) -> Dict[str, Any]:
+    """A summary row for one case, marked failed until :func:`segment_case` succeeds."""
+    return {"case": name, "input": str(path), "output": str(output), "status": "failed", "exit_code": ""}
+
+
+def segment_case(
+    row: Dict[str, Any],
+    path: Path,
+    output: Path,
+    args: argparse.Namespace,
+    psa: Optional[float],
+    predictor,
+    reporter: ProgressReporter,
+    cancel: Cancellation,
+    t0: float,
+) -> Dict[str, Any]:
+    """Read, check, segment and write one case and its extra outputs (all-or-nothing).
+
+    ``args``: ``overwrite``, ``channel`` and the extra outputs' flags (``extras.BATCH_SUFFIXES``).
+    Fills ``row`` and returns the result; raises on failure (``classify_error`` turns the
+    exception into the row's exit code and message).
+    """
     from ..validation import read_input
 
+    name = row["case"]
+    job = SegmentJob(path, check_output(output, args.overwrite, LABELMAP_EXTENSIONS, "output", [path]))
+    job.extras = _case_extras(args, name, path, output.parent, psa)
+    reporter("loading", 0.0, f"{name}: reading")
+    image, warnings = read_input(path, args.channel)
+    for w in warnings:
+        reporter.warning(f"{name}: {w}")
+    result = predict_and_write(job, image, warnings, predictor, reporter, cancel, t0)
+    row.update(status="ok", exit_code=EXIT_OK, error="", warnings="; ".join(warnings))
+    row.update({f"{k}_ml": v for k, v in result["volumes_ml"].items()})
+    row.update(_findings_columns(result))
+    return result
+
+
+def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellation) -> int:
+    check_runtime_options(args)
     in_dir = Path(args.input_dir).expanduser().absolute()
     if not in_dir.is_dir():
         raise CliError(EXIT_INPUT, f"input folder not found: {in_dir}")
@@ -137,7 +186,6 @@ def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellati
     out_dir.mkdir(parents=True, exist_ok=True)
 
     package = resolve_model(args.model, args.offline, reporter, cancel)
-    predictor = build_predictor(package, args)
     structures = [lab.structure.name for lab in package.info.labels]
     columns = (
         ["case", "input", "status", "exit_code", "error", "output"]
@@ -147,6 +195,11 @@ def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellati
         + ["confidence", "n_flags", "flag_codes", "flags", "seconds", "warnings"]
         + [key for key in extras.BATCH_SUFFIXES if getattr(args, key)]
     )
+    if getattr(args, "workers", None) or getattr(args, "scheduler", None):
+        from .batch_dask import run_distributed
+
+        return run_distributed(args, reporter, cancel, cases, out_dir, csv_path, package, columns, psa_by_case)
+    predictor = build_predictor(package, args)
     index_rows: List[Dict[str, Any]] = []
     rows: List[Dict[str, Any]] = []
     first_failure = EXIT_OK
@@ -154,26 +207,11 @@ def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellati
     for i, (name, path) in enumerate(cases):
         reporter.begin_span(i / len(cases), (i + 1) / len(cases))
         t0 = time.perf_counter()
-        output = out_dir / f"{name}{BATCH_FORMATS[args.format]}"
-        row: Dict[str, Any] = {
-            "case": name,
-            "input": str(path),
-            "output": str(output),
-            "status": "failed",
-            "exit_code": "",
-        }
+        output = output_for(out_dir, name, args.format)
+        row = case_row(name, path, output)
         try:
-            job = SegmentJob(path, check_output(output, args.overwrite, LABELMAP_EXTENSIONS, "output", [path]))
-            job.extras = _case_extras(args, name, path, out_dir, psa_by_case.get(name))
-            reporter("loading", 0.0, f"{name}: reading")
-            image, warnings = read_input(path, args.channel)
-            for w in warnings:
-                reporter.warning(f"{name}: {w}")
-            result = predict_and_write(job, image, warnings, predictor, reporter, cancel, t0)
-            row.update(status="ok", exit_code=EXIT_OK, error="", warnings="; ".join(warnings))
-            row.update({f"{k}_ml": v for k, v in result["volumes_ml"].items()})
-            row.update(_findings_columns(result))
-            index_rows.append(_index_row(name, result))
+            result = segment_case(row, path, output, args, psa_by_case.get(name), predictor, reporter, cancel, t0)
+            index_rows.append(index_row(name, result))
             vols = ", ".join(
                 f"{structure_names(predictor).get(k, k)} {v:.1f} mL" for k, v in result["volumes_ml"].items()
             )
@@ -184,26 +222,31 @@ def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellati
             row["seconds"] = round(time.perf_counter() - t0, 2)
             rows.append(row)
             if code == EXIT_CANCELLED:
-                _write_csv(csv_path, rows, columns)
+                write_csv(csv_path, rows, columns)
                 raise
             first_failure = first_failure or code
             index_rows.append({"case": name, "status": row["status"], "error": message})
             print(f"[{i + 1}/{len(cases)}] {name}: FAILED ({message})")
-            _write_csv(csv_path, rows, columns)
+            write_csv(csv_path, rows, columns)
             continue
         row["seconds"] = round(time.perf_counter() - t0, 2)
         rows.append(row)
-        _write_csv(csv_path, rows, columns)
+        write_csv(csv_path, rows, columns)
     failed = sum(r["status"] != "ok" for r in rows)
     print(f"{len(rows) - failed} of {len(rows)} case(s) segmented into {out_dir}; summary: {csv_path}")
     if args.report:
-        from ..report import write_index_html
-
-        index = write_index_html(index_rows, out_dir / "index.html", title=f"UNetSegment: {in_dir.name}")
-        print(f"Index page of the pictures: {index}")
+        write_index(index_rows, out_dir, in_dir)
     if failed:
         reporter.warning(f"{failed} of {len(rows)} case(s) failed; see {csv_path}")
     return first_failure
+
+
+def write_index(index_rows: List[Dict[str, Any]], out_dir: Path, in_dir: Path) -> None:
+    """``--report``'s index page of the cases' pictures."""
+    from ..report import write_index_html
+
+    index = write_index_html(index_rows, out_dir / "index.html", title=f"UNetSegment: {in_dir.name}")
+    print(f"Index page of the pictures: {index}")
 
 
 def _read_clinical(path: Optional[str], names: Sequence[str], reporter: ProgressReporter) -> Dict[str, float]:
@@ -249,7 +292,7 @@ def _findings_columns(result: Dict[str, Any]) -> Dict[str, Any]:
     return cols
 
 
-def _index_row(name: str, result: Dict[str, Any]) -> Dict[str, Any]:
+def index_row(name: str, result: Dict[str, Any]) -> Dict[str, Any]:
     return {
         "case": name,
         "status": "ok",
