@@ -17,6 +17,7 @@ from .common import (
     EXIT_INPUT,
     EXIT_OK,
     EXIT_OUTPUT,
+    EXIT_USAGE,
     LABELMAP_EXTENSIONS,
     Cancellation,
     CliError,
@@ -29,6 +30,7 @@ from .common import (
     resolve_model,
     structure_names,
 )
+from .series import add_input_options, read_case
 
 #: Input file types ``batch`` picks up (a sub-folder is a case if it holds a DICOM series).
 INPUT_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -37,12 +39,26 @@ BATCH_FORMATS = {"nrrd": "_segmentation.nrrd", "nii.gz": "_segmentation.nii.gz",
 
 def add_parser(sub, parents, **fmt) -> None:
     p = sub.add_parser("batch", parents=parents, help="segment every image in a folder", **fmt)
-    p.add_argument("input_dir", help="folder of image files and/or DICOM series folders")
+    p.add_argument(
+        "input_dir",
+        help="folder of image files and/or DICOM folders; each DICOM tree gives one case per study (its axial T2)",
+    )
     p.add_argument("-o", "--output-dir", required=True, help="folder for the labelmaps and summary.csv")
     p.add_argument("--pattern", default="*", help="only names matching this glob (e.g. '*_t2w.nii.gz')")
     p.add_argument("--csv", metavar="PATH", help="summary CSV (default: OUTPUT_DIR/summary.csv)")
     p.add_argument("--format", default="nrrd", choices=sorted(BATCH_FORMATS), help="output file type (default: nrrd)")
+    add_input_options(p)
     p.set_defaults(func=run)
+
+
+class _Prefixed:
+    """A reporter whose warnings start with the case name."""
+
+    def __init__(self, reporter: ProgressReporter, name: str) -> None:
+        self._reporter, self._name = reporter, name
+
+    def warning(self, message: str) -> None:
+        self._reporter.warning(f"{self._name}: {message}")
 
 
 def _input_extension(name: str) -> Optional[str]:
@@ -91,6 +107,44 @@ def find_cases(folder: Path, pattern: str = "*", skip: Sequence[Path] = ()) -> L
     return unique
 
 
+def study_cases(name: str, folder: Path) -> List[Tuple[str, Path, Optional[str], Optional[str]]]:
+    """One case per study of the DICOM tree ``folder``: ``(name, folder, series uid, error)``.
+
+    The series is the study's axial T2 (``dicom.choice``); a study where that
+    choice is not clear gets ``error`` (it fails with exit 2, naming the series
+    to choose from). With several studies the names get ``_<patient>_<date>``.
+    """
+    from ..dicom import NoDicomError, index_folder
+    from ..dicom.choice import study_choices
+
+    try:
+        index = index_folder(folder)
+    except NoDicomError as e:
+        return [(name, folder, None, str(e))]
+    choices = study_choices(index)
+    out = []
+    for (patient, _study), choice, error in choices:
+        case = name
+        if len(choices) > 1:
+            members = index.studies()[(patient, _study)]
+            case = f"{name}_{patient or 'patient'}_{members[0].study_date or members[0].number}"
+        if choice is not None:
+            out.append((case, folder, choice.series.uid, None))
+        else:
+            out.append((case, folder, None, str(error)))
+    return out
+
+
+def _is_dicom_tree(folder: Path) -> bool:
+    """A folder that is itself a DICOM tree: a DICOMDIR, or DICOM files directly in it."""
+    if (folder / "DICOMDIR").is_file():
+        return True
+    from ..dicom.index import _read_header
+
+    files = [p for p in sorted(folder.iterdir())[:20] if p.is_file() and _input_extension(p.name) is None]
+    return any(_read_header(p)[0] is not None for p in files[:5])
+
+
 def _write_csv(path: Path, rows: List[Dict[str, Any]], columns: List[str]) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
@@ -108,8 +162,6 @@ def _write_csv(path: Path, rows: List[Dict[str, Any]], columns: List[str]) -> No
 
 
 def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellation) -> int:
-    from ..validation import read_input
-
     in_dir = Path(args.input_dir).expanduser().absolute()
     if not in_dir.is_dir():
         raise CliError(EXIT_INPUT, f"input folder not found: {in_dir}")
@@ -118,7 +170,10 @@ def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellati
         raise CliError(EXIT_OUTPUT, f"the output folder {out_dir} is a file")
     check_writable_folder(out_dir)
     csv_path = check_output(Path(args.csv) if args.csv else out_dir / "summary.csv", True, (".csv",), "summary")
-    cases = find_cases(in_dir, args.pattern, skip=[out_dir])
+    found = [(in_dir.name, in_dir)] if _is_dicom_tree(in_dir) else find_cases(in_dir, args.pattern, skip=[out_dir])
+    cases: List[Tuple[str, Path, Optional[str], Optional[str]]] = []
+    for name, path in found:
+        cases += study_cases(name, path) if path.is_dir() else [(name, path, None, None)]
     if not cases:
         raise CliError(
             EXIT_INPUT,
@@ -130,14 +185,14 @@ def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellati
     predictor = build_predictor(package, args)
     structures = [lab.structure.name for lab in package.info.labels]
     columns = (
-        ["case", "input", "status", "exit_code", "error", "output"]
+        ["case", "input", "series", "status", "exit_code", "error", "output"]
         + [f"{s}_ml" for s in structures]
         + ["seconds", "warnings"]
     )
     rows: List[Dict[str, Any]] = []
     first_failure = EXIT_OK
     print(f"Segmenting {len(cases)} case(s) from {in_dir} with {package.info.id} {package.info.version}")
-    for i, (name, path) in enumerate(cases):
+    for i, (name, path, series_uid, choice_problem) in enumerate(cases):
         reporter.begin_span(i / len(cases), (i + 1) / len(cases))
         t0 = time.perf_counter()
         output = out_dir / f"{name}{BATCH_FORMATS[args.format]}"
@@ -151,9 +206,10 @@ def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellati
         try:
             job = SegmentJob(path, check_output(output, args.overwrite, LABELMAP_EXTENSIONS, "output", [path]))
             reporter("loading", 0.0, f"{name}: reading")
-            image, warnings = read_input(path, args.channel)
-            for w in warnings:
-                reporter.warning(f"{name}: {w}")
+            if choice_problem:
+                raise CliError(EXIT_USAGE, choice_problem)
+            image, warnings, chosen = read_case(path, args, _Prefixed(reporter, name), series_uid=series_uid)
+            row["series"] = chosen or ""
             result = predict_and_write(job, image, warnings, predictor, reporter, cancel, t0)
             row.update(status="ok", exit_code=EXIT_OK, error="", warnings="; ".join(warnings))
             row.update({f"{k}_ml": v for k, v in result["volumes_ml"].items()})

@@ -33,11 +33,17 @@ EPILOG = f"""\
 exit codes:
   {EXIT_OK}    success
   {EXIT_INTERNAL}    unexpected internal error (rerun with --debug to see the traceback)
-  {EXIT_USAGE}    bad command line, or --device cuda without a GPU
-  {EXIT_INPUT}    input missing or unreadable
+  {EXIT_USAGE}    bad command line, --device cuda without a GPU, or a DICOM folder whose
+       series to read is not clear (none or several axial T2): the numbered list
+       is printed; choose with --series N or --series-uid UID
+  {EXIT_INPUT}    input missing, unreadable or damaged (truncated or corrupted file,
+       an unreadable file in the DICOM series, an undecodable compression)
   {EXIT_INVALID_IMAGE}    invalid image: 2D, 4D or multi-component without --channel, empty,
        constant, NaN/Inf values, voxel spacing <= 0, < 0.05 mm or > 20 mm,
-       fewer than 3 slices, or less than 30 mm in-plane
+       fewer than 3 slices, or less than 30 mm in-plane; a labelmap, mask,
+       probability map or segmentation instead of a scan; a DICOM series that
+       is not whole (missing or duplicated slices, uneven spacing without
+       --resample-uneven, mixed orientations, sizes or series)
   {EXIT_MODEL}    model not found, fails its checksum, or not a valid model package
   {EXIT_DOWNLOAD}    model download failed
   {EXIT_OUTPUT}    output cannot be written (folder not writable, unknown extension,
@@ -246,6 +252,8 @@ def predict_and_write(
     reporter("writing", 0.0, job.labelmap.name)
     labels = predictor.info.labels
     staged = StagedWrites()
+    # marks the labelmap as this tool's output (kept in NRRD and MetaImage), so it is refused as an input
+    prediction.labelmap.SetMetaData("unetsegment_model", f"{predictor.info.id} {predictor.info.version}")
     try:
         writes = [(prediction.labelmap, p) for p in (job.labelmap, job.seg_nrrd) if p is not None] + list(extra_images)
         for image_out, path in writes:

@@ -22,22 +22,25 @@ from .common import (
     resolve_model,
     structure_names,
 )
+from .series import add_input_options, read_case
 
 
 def add_parser(sub, parents, **fmt) -> None:
     p = sub.add_parser("segment", parents=parents, help="segment one image", **fmt)
-    p.add_argument("input", help="image file (NRRD, NIfTI, MetaImage) or DICOM folder")
+    p.add_argument(
+        "input",
+        help="image file (NRRD, NIfTI, MetaImage) or DICOM folder (a series or a study tree: the axial T2 is chosen)",
+    )
     p.add_argument("-o", "--output", required=True, help="labelmap: .nrrd, .nii.gz, .nii, .mha or .seg.nrrd (Slicer)")
     p.add_argument(
         "--seg-nrrd", metavar="PATH", help="also write a 3D Slicer segmentation (.seg.nrrd) with names and colours"
     )
     p.add_argument("--volumes-json", metavar="PATH", help="write the structure volumes (mL) and run details as JSON")
+    add_input_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellation) -> int:
-    from ..validation import read_input
-
     t_start = time.perf_counter()
     source = Path(args.input).expanduser().absolute()
     job = SegmentJob(source, check_output(Path(args.output), args.overwrite, LABELMAP_EXTENSIONS, "output", [source]))
@@ -50,9 +53,7 @@ def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellati
         raise CliError(EXIT_OUTPUT, "the output, --seg-nrrd and --volumes-json must be different files")
 
     reporter("loading", 0.0, f"reading {source.name}")
-    image, warnings = read_input(source, args.channel)
-    for w in warnings:
-        reporter.warning(w)
+    image, warnings, _ = read_case(source, args, reporter)
     cancel.check()
     package = resolve_model(args.model, args.offline, reporter, cancel)
     predictor = build_predictor(package, args)
