@@ -158,7 +158,7 @@ def _check_nrrd(p: Path) -> None:
             return  # several data files: left to the reader
         target = (p.parent / data_file) if not Path(data_file).is_absolute() else Path(data_file)
         if not target.is_file():
-            raise DamagedFileError(f"{p}: its data file {target} is missing")
+            raise DamagedFileError(f"cannot read {p}: its data file {target} is missing")
         p, data_offset = target, 0
     skip = int(fields.get("byte skip", fields.get("byteskip", "0")) or 0)
     if encoding == "raw":
@@ -266,7 +266,7 @@ def _check_metaimage(p: Path) -> None:
             return  # one file per slice: left to the reader
         target = p.parent / data_file
         if not target.is_file():
-            raise DamagedFileError(f"{p}: its data file {target} is missing")
+            raise DamagedFileError(f"cannot read {p}: its data file {target} is missing")
         p, offset = target, 0
     header_skip = int(fields.get("headersize", "0") or 0)
     if fields.get("compresseddata", "false").lower() == "true":

@@ -58,6 +58,8 @@ def read_case(
     from ..validation import read_input_info
 
     uid = series_uid or getattr(args, "series_uid", None)
+    if source.is_file() and (uid or getattr(args, "series", None)):
+        raise CliError(EXIT_USAGE, f"--series and --series-uid choose a series in a DICOM folder; {source} is a file")
     try:
         got = read_input_info(
             source,

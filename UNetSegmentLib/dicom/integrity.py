@@ -276,19 +276,47 @@ def check_dicom_file(path: Path) -> None:
                 "marker (truncated or cut data)"
             )
         if ts == "1.2.840.10008.1.2.5":
-            _check_rle(path, frame, i)
+            _check_rle(path, frame, i, int(ds.Rows) * int(ds.Columns))
 
 
-def _check_rle(path: Path, frame: bytes, index: int) -> None:
+def _check_rle(path: Path, frame: bytes, index: int, pixels: int) -> None:
+    """Each RLE segment (PackBits) must decode to ``pixels`` bytes (one byte plane of the frame)."""
     if len(frame) < 64:
         raise ImageReadError(f"cannot read {path}: the file is damaged, RLE frame {index + 1} has no header")
     header = np.frombuffer(frame[:64], dtype="<u4")
     n = int(header[0])
-    offsets = [int(v) for v in header[1 : 1 + n]]
-    if not 1 <= n <= 15 or any(o < 64 or o >= len(frame) for o in offsets) or offsets != sorted(offsets):
+    offsets = [int(v) for v in header[1 : 1 + n]] + [len(frame)]
+    if not 1 <= n <= 15 or any(o < 64 or o > len(frame) for o in offsets) or offsets != sorted(offsets):
         raise ImageReadError(
             f"cannot read {path}: the file is damaged, RLE frame {index + 1}'s segments lie beyond its data (truncated)"
         )
+    for k in range(n):
+        got = _packbits_length(frame, offsets[k], offsets[k + 1], pixels)
+        if got < pixels:
+            raise ImageReadError(
+                f"cannot read {path}: the file is damaged, RLE frame {index + 1} segment {k + 1} decodes to {got} of "
+                f"its {pixels} bytes (truncated or cut data)"
+            )
+
+
+def _packbits_length(data: bytes, start: int, stop: int, limit: int) -> int:
+    """Bytes a PackBits run (DICOM RLE segment) decodes to, reading ``data[start:stop]`` (stops at ``limit``)."""
+    i, out = start, 0
+    while i < stop and out < limit:
+        n = data[i]
+        if n < 128:
+            if i + 1 + n + 1 > stop:
+                return out + max(0, stop - i - 1)
+            out += n + 1
+            i += n + 2
+        elif n > 128:
+            if i + 1 >= stop:
+                return out
+            out += 257 - n
+            i += 2
+        else:
+            i += 1
+    return out
 
 
 def instance_problem(path: Path) -> Optional[str]:

@@ -166,8 +166,8 @@ def _resample_uniform(array: np.ndarray, positions: np.ndarray, spacing: float) 
 
 def read_series(index: DicomIndex, series: Series, allow_uneven: bool = False) -> DicomRead:
     """Check and read ``series``; raise ``ImageReadError`` (exit 3) or ``SeriesIntegrityError`` (exit 4)."""
+    _check_files(index, series)  # a damaged file first: it is the cause of any gap it leaves
     plan = slice_plan(series, allow_uneven=allow_uneven)
-    _check_files(index, series)
     array = _pixels_multi_frame(plan) if series.multi_frame else _pixels_single_frame(plan)
     if array.shape[0] != len(plan.frames) or array.shape[1:] != (plan.frames[0].rows, plan.frames[0].columns):
         raise ImageReadError(
