@@ -379,6 +379,12 @@ def index_folder(folder: PathLike, files: Optional[Sequence[Path]] = None) -> Di
     has one, else every file under ``folder``).
     """
     root = Path(folder)
+    try:
+        import pydicom  # noqa: F401
+    except ImportError:
+        raise ImageReadError(
+            f"{root} is a folder; reading DICOM needs pydicom: pip install pydicom (or unetsegment[dicom])"
+        ) from None
     via_dicomdir = False
     unreadable: List[Tuple[Path, str]] = []
     if files is None:

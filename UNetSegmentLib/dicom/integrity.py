@@ -240,7 +240,6 @@ def check_dicom_file(path: Path) -> None:
     closed by FFD9, each RLE frame as long as its segment offsets say.
     """
     import pydicom
-    from pydicom.encaps import generate_frames
 
     try:
         ds = pydicom.dcmread(str(path))
@@ -258,7 +257,7 @@ def check_dicom_file(path: Path) -> None:
                     "(truncated file)"
                 )
             return
-        got = list(generate_frames(data, number_of_frames=frames))
+        got = _frames_of(data, frames)
     except ImageReadError:
         raise
     except Exception as e:  # noqa: BLE001 - pydicom raises many types on truncated data
@@ -277,6 +276,18 @@ def check_dicom_file(path: Path) -> None:
             )
         if ts == "1.2.840.10008.1.2.5":
             _check_rle(path, frame, i, int(ds.Rows) * int(ds.Columns))
+
+
+def _frames_of(data: bytes, frames: int) -> list:
+    """The encapsulated frames of ``data`` (pydicom 3 ``generate_frames``, or pydicom 2's older name)."""
+    try:
+        from pydicom.encaps import generate_frames
+
+        return list(generate_frames(data, number_of_frames=frames))
+    except ImportError:  # pydicom 2.x (as bundled with some Slicer releases)
+        from pydicom.encaps import generate_pixel_data_frame
+
+        return list(generate_pixel_data_frame(data, frames))
 
 
 def _check_rle(path: Path, frame: bytes, index: int, pixels: int) -> None:
