@@ -78,6 +78,7 @@ def test_the_choice_is_the_axial_t2_or_a_numbered_refusal(tmp_path):
     assert choose_series(index, uid=index.series[0].uid).series is index.series[0]
 
 
+@pytest.mark.shared_data
 def test_real_prostatex_series_is_read_exactly_as_its_nifti(shared_data):
     got = read_dicom(REAL_T2)
     reference = sitk.ReadImage(str(REAL_T2.parent.parent / "t2w.nii.gz"))
@@ -89,9 +90,8 @@ def test_real_prostatex_series_is_read_exactly_as_its_nifti(shared_data):
     assert got.series.tilt_deg == pytest.approx(18.5, abs=0.5)  # an oblique axial is still axial
 
 
-def test_real_nci_isbi_folder_with_two_patients_asks_and_batch_takes_one_per_study(
-    shared_data, capsys, tmp_path, tiny_package
-):
+@pytest.mark.shared_data
+def test_real_nci_isbi_folder_with_two_patients_asks(shared_data, capsys):
     folder = shared_data / "nci_isbi_test_dicom"
     with pytest.raises(SeriesChoiceError, match="2 axial T2"):
         read_dicom(folder)
@@ -99,6 +99,12 @@ def test_real_nci_isbi_folder_with_two_patients_asks_and_batch_takes_one_per_stu
     out = capsys.readouterr().out
     assert code == 0 and "2 series in 2 study(ies)" in out and "Prostate3T-03-0001" in out
     assert out.count("batch would read") == 2
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_real_nci_isbi_batch_takes_one_series_per_study(shared_data, capsys, tmp_path, tiny_package):
+    folder = shared_data / "nci_isbi_test_dicom"
     code = main(
         ["batch", str(folder), "-o", str(tmp_path / "out"), "--model", str(tiny_package.path), "--progress", "none"]
     )
@@ -186,3 +192,12 @@ def test_batch_takes_one_series_per_study_of_a_tree_and_reports_unclear_ones(tmp
     failed = [r for r in rows[1:] if ",failed," in r]
     assert len(ok) == 2 and all("t2_tse_tra" in r for r in ok)
     assert len(failed) == 1 and "2 axial T2-weighted series" in failed[0]
+
+
+def test_text_files_beside_the_slices_are_not_damaged_slices(tmp_path):
+    write_series(tmp_path / "s", volume(size_xyz=(32, 32, 4)))
+    (tmp_path / "s" / "README").write_text("exported by a PACS\n", encoding="utf-8")
+    (tmp_path / "s" / "notes.txt").write_text("nothing", encoding="utf-8")
+    got = read_dicom(tmp_path / "s")
+    assert got.image.GetSize() == (32, 32, 4) and not got.index.unreadable
+    assert "'t2_tse_tra'" in got.choice.reason and "t2_tse_tra / t2_tse_tra" not in classify(got.series).because

@@ -53,7 +53,9 @@ class Kind:
 
 
 def _names(s: Series) -> str:
-    return " ".join(t for t in (s.description, s.protocol) if t)
+    """SeriesDescription and ProtocolName (once when they are the same)."""
+    parts = [t for t in (s.description, s.protocol) if t]
+    return " / ".join(dict.fromkeys(parts))
 
 
 def classify(s: Series) -> Kind:

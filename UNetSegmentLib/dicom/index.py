@@ -352,8 +352,8 @@ def _read_header(path: Path):
     try:
         return pydicom.dcmread(str(path), stop_before_pixels=True), None
     except InvalidDicomError:
-        if path.suffix.lower() not in ("", ".dcm", ".ima", ".dicom"):
-            return None, None  # not DICOM, and not named as if it were
+        if path.suffix.lower() not in ("", ".dcm", ".ima", ".dicom") or _looks_like_text(path):
+            return None, None  # not DICOM, and not named as if it were (or a README without extension)
         try:
             ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
             if "SOPClassUID" in ds and "SeriesInstanceUID" in ds:
@@ -363,6 +363,15 @@ def _read_header(path: Path):
         return None, "is not a DICOM file"
     except Exception as e:  # noqa: BLE001 - truncated headers raise struct/EOF/value errors
         return None, f"is not a readable DICOM file ({type(e).__name__}: {str(e)[:80]})"
+
+
+def _looks_like_text(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError:
+        return False
+    return bool(head) and all(32 <= b < 127 or b in (9, 10, 13) for b in head)
 
 
 def _is_image(ds) -> bool:
