@@ -105,9 +105,8 @@ def test_real_nci_isbi_folder_with_two_patients_asks(shared_data, capsys):
 @pytest.mark.shared_data
 def test_real_nci_isbi_batch_takes_one_series_per_study(shared_data, capsys, tmp_path, tiny_package):
     folder = shared_data / "nci_isbi_test_dicom"
-    code = main(
-        ["batch", str(folder), "-o", str(tmp_path / "out"), "--model", str(tiny_package.path), "--progress", "none"]
-    )
+    argv = ["batch", str(folder), "-o", str(tmp_path / "out"), "--model", str(tiny_package.path), "--quality", "fast"]
+    code = main(argv + ["--progress", "none"])
     out = capsys.readouterr().out
     assert code == 0, out
     rows = (tmp_path / "out" / "summary.csv").read_text(encoding="utf-8").splitlines()
@@ -201,3 +200,22 @@ def test_text_files_beside_the_slices_are_not_damaged_slices(tmp_path):
     got = read_dicom(tmp_path / "s")
     assert got.image.GetSize() == (32, 32, 4) and not got.index.unreadable
     assert "'t2_tse_tra'" in got.choice.reason and "t2_tse_tra / t2_tse_tra" not in classify(got.series).because
+
+
+def test_enhanced_mr_rescale_is_applied_once_per_frame(tmp_path):
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    img = volume(size_xyz=(32, 32, 4))
+    path = write_enhanced_mr(tmp_path / "mf" / "a.dcm", img)
+    ds = pydicom.dcmread(str(path))
+    for i, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        pvt = Dataset()
+        pvt.RescaleSlope, pvt.RescaleIntercept, pvt.RescaleType = 1 + i, 10 * i, "US"
+        item.PixelValueTransformationSequence = Sequence([pvt])
+    ds.save_as(str(path))
+    got = sitk.GetArrayFromImage(read_dicom(tmp_path / "mf").image)
+    stored = sitk.GetArrayFromImage(img).astype(np.float32)
+    expected = np.stack([stored[k] * (1 + k) + 10 * k for k in range(4)])
+    assert np.allclose(got, expected)

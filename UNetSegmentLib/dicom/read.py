@@ -15,14 +15,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..io import ImageReadError
 from .choice import Choice, choose_series
-from .index import ENHANCED_MR, DicomIndex, Series, index_folder
+from .index import DicomIndex, Series, index_folder
 from .integrity import SlicePlan, check_dicom_file, check_transfer_syntaxes, slice_plan
 
 log = logging.getLogger(__name__)
@@ -108,47 +108,67 @@ def _pixels_single_frame(plan: SlicePlan) -> np.ndarray:
 
 
 def _pixels_multi_frame(plan: SlicePlan) -> np.ndarray:
+    """(k, j, i) array of a multi-frame file's frames in plan order, rescaled per frame (Pixel Value Transformation).
+
+    Stored values come from pydicom where it can decode them (uncompressed, RLE),
+    so each frame's own rescale is applied once; otherwise from GDCM, which applies
+    one rescale to all frames: a file whose frames differ in rescale is then refused.
+    """
+    import pydicom
+
     files = sorted({f.path for f in plan.frames})
     if len(files) != 1:
         raise ImageReadError(f"a multi-frame series in {len(files)} files is not supported ({files[0].parent})")
+    path = files[0]
+    ds = pydicom.dcmread(str(path))
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    order = [f.frame for f in plan.frames]
+    transforms = _frame_rescales(ds, n)
     try:
-        volume = sitk.GetArrayFromImage(sitk.ReadImage(str(files[0])))
-    except RuntimeError as e:
-        raise ImageReadError(f"{files[0]} cannot be decoded ({_last_line(e)})") from None
-    if volume.ndim == 2:
-        volume = volume[None]
-    n = max(f.frame for f in plan.frames) + 1
-    if volume.shape[0] != n:
-        raise ImageReadError(f"{files[0]} decodes to {volume.shape[0]} frames but its header declares {n}")
-    volume = volume[[f.frame for f in plan.frames]]
-    return _rescale_enhanced(files[0], volume, [f.frame for f in plan.frames])
-
-
-def _rescale_enhanced(path: Path, volume: np.ndarray, frame_order: Sequence[int]) -> np.ndarray:
-    """Apply an enhanced object's per-frame or shared Pixel Value Transformation (GDCM may not)."""
-    import pydicom
-
-    ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-    if ds.get("SOPClassUID") != ENHANCED_MR:
+        stored = np.asarray(ds.pixel_array)
+    except Exception:  # noqa: BLE001 - no pydicom decoder for this compression: GDCM decodes and rescales
+        stored = None
+    if stored is not None:
+        volume = stored[None] if stored.ndim == 2 else stored
+        if volume.shape[0] != n:
+            raise ImageReadError(f"{path} decodes to {volume.shape[0]} frames but its header declares {n}")
+        volume = volume[order]
+        if any(t != (1.0, 0.0) for t in transforms):
+            volume = np.stack([volume[k] * transforms[i][0] + transforms[i][1] for k, i in enumerate(order)])
+            volume = volume.astype(np.float32)
         return volume
+    if len(set(transforms)) > 1:
+        raise ImageReadError(
+            f"{path}: its frames have different rescale slopes/intercepts and its compression "
+            f"({ds.file_meta.get('TransferSyntaxUID', '?')}) is decoded by GDCM, which applies only one; convert it "
+            "to uncompressed DICOM"
+        )
+    try:
+        volume = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    except RuntimeError as e:
+        raise ImageReadError(f"cannot read {path}: its pixel data does not decode ({_last_line(e)})") from None
+    volume = volume[None] if volume.ndim == 2 else volume
+    if volume.shape[0] != n:
+        raise ImageReadError(f"{path} decodes to {volume.shape[0]} frames but its header declares {n}")
+    return volume[order]
+
+
+def _frame_rescales(ds, n: int) -> List[tuple]:
+    """``(slope, intercept)`` of each frame: per-frame, else shared Pixel Value Transformation, else top level."""
     shared = (ds.get("SharedFunctionalGroupsSequence") or [None])[0]
     per = list(ds.get("PerFrameFunctionalGroupsSequence") or [])
-    out = volume.astype(np.float32)
-    changed = False
-    for k, i in enumerate(frame_order):
+    top = (float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0))
+    out = []
+    for i in range(n):
         item = per[i] if i < len(per) else None
-        pvt = None
+        value = top
         for src in (item, shared):
             if src is not None and src.get("PixelValueTransformationSequence"):
                 pvt = src.PixelValueTransformationSequence[0]
+                value = (float(pvt.get("RescaleSlope", 1) or 1), float(pvt.get("RescaleIntercept", 0) or 0))
                 break
-        if pvt is None:
-            continue
-        slope, intercept = float(pvt.get("RescaleSlope", 1) or 1), float(pvt.get("RescaleIntercept", 0) or 0)
-        if (slope, intercept) != (1.0, 0.0):
-            out[k] = out[k] * slope + intercept
-            changed = True
-    return out if changed else volume
+        out.append(value)
+    return out
 
 
 def _resample_uniform(array: np.ndarray, positions: np.ndarray, spacing: float) -> np.ndarray:
