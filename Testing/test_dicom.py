@@ -18,6 +18,7 @@ from fixtures_dicom import (
     write_series,
     write_study,
 )
+from input_catalogue import mixed_uids
 
 from UNetSegmentLib.cli import main
 from UNetSegmentLib.dicom import (
@@ -180,17 +181,19 @@ def test_batch_takes_one_series_per_study_of_a_tree_and_reports_unclear_ones(tmp
     write_study(tree, patient_id="A", kinds=("localizer", "t2_tra", "dwi"), flat=False)
     write_study(tree / "B_folder", patient_id="B", kinds=("t2_tra", "t2_tra"), seed=5)  # unclear: two axial T2
     write_study(tree / "B_folder", patient_id="B2", kinds=("t2_sag", "t2_tra", "adc"), seed=9)
+    mixed_uids(tree / "C", SHARED_DATA)  # a T2 and a look-alike derived series in one folder
     code = main(
         ["batch", str(tree), "-o", str(tmp_path / "out"), "--model", str(tiny_package.path), "--progress", "none"]
     )
     out = capsys.readouterr().out
     rows = (tmp_path / "out" / "summary.csv").read_text(encoding="utf-8").splitlines()
     assert code == 2, out  # the first failure's exit code: the unclear study
-    assert len(rows) == 4
+    assert len(rows) == 5
     ok = [r for r in rows[1:] if ",ok," in r]
     failed = [r for r in rows[1:] if ",failed," in r]
     assert len(ok) == 2 and all("t2_tse_tra" in r for r in ok)
-    assert len(failed) == 1 and "2 axial T2-weighted series" in failed[0]
+    assert len(failed) == 2 and "2 axial T2-weighted series" in failed[0]
+    assert ",4," in failed[1] and "mixed SeriesInstanceUIDs" in failed[1]
 
 
 def test_text_files_beside_the_slices_are_not_damaged_slices(tmp_path):

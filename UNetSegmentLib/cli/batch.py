@@ -107,31 +107,39 @@ def find_cases(folder: Path, pattern: str = "*", skip: Sequence[Path] = ()) -> L
     return unique
 
 
-def study_cases(name: str, folder: Path) -> List[Tuple[str, Path, Optional[str], Optional[str]]]:
+def study_cases(name: str, folder: Path) -> List[Tuple[str, Path, Optional[str], Optional[Exception]]]:
     """One case per study of the DICOM tree ``folder``: ``(name, folder, series uid, error)``.
 
-    The series is the study's axial T2 (``dicom.choice``); a study where that
-    choice is not clear gets ``error`` (it fails with exit 2, naming the series
-    to choose from). With several studies the names get ``_<patient>_<date>``.
+    The series is the study's axial T2 (``dicom.choice``), refused when it shares
+    its folder with a look-alike series (as ``segment`` refuses it). A study whose
+    choice is not clear gets ``error`` (exit 2, naming the series to choose from).
+    With several studies the names get ``_<patient>_<date>``.
     """
-    from ..dicom import NoDicomError, index_folder
+    from ..dicom import NoDicomError, SeriesIntegrityError, index_folder
     from ..dicom.choice import study_choices
+    from ..dicom.read import check_folder_not_mixed
 
     try:
         index = index_folder(folder)
     except NoDicomError as e:
-        return [(name, folder, None, str(e))]
+        return [(name, folder, None, e)]
     choices = study_choices(index)
-    out = []
-    for (patient, _study), choice, error in choices:
+    studies = index.studies()
+    out: List[Tuple[str, Path, Optional[str], Optional[Exception]]] = []
+    for key, choice, error in choices:
         case = name
         if len(choices) > 1:
-            members = index.studies()[(patient, _study)]
-            case = f"{name}_{patient or 'patient'}_{members[0].study_date or members[0].number}"
-        if choice is not None:
-            out.append((case, folder, choice.series.uid, None))
-        else:
-            out.append((case, folder, None, str(error)))
+            first = studies[key][0]
+            case = f"{name}_{key[0] or 'patient'}_{first.study_date or first.number}"
+        if choice is None:
+            out.append((case, folder, None, CliError(EXIT_USAGE, str(error))))
+            continue
+        try:
+            check_folder_not_mixed(index, choice.series)
+        except SeriesIntegrityError as e:
+            out.append((case, folder, None, e))
+            continue
+        out.append((case, folder, choice.series.uid, None))
     return out
 
 
@@ -171,7 +179,7 @@ def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellati
     check_writable_folder(out_dir)
     csv_path = check_output(Path(args.csv) if args.csv else out_dir / "summary.csv", True, (".csv",), "summary")
     found = [(in_dir.name, in_dir)] if _is_dicom_tree(in_dir) else find_cases(in_dir, args.pattern, skip=[out_dir])
-    cases: List[Tuple[str, Path, Optional[str], Optional[str]]] = []
+    cases: List[Tuple[str, Path, Optional[str], Optional[Exception]]] = []
     for name, path in found:
         cases += study_cases(name, path) if path.is_dir() else [(name, path, None, None)]
     if not cases:
@@ -206,8 +214,8 @@ def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellati
         try:
             job = SegmentJob(path, check_output(output, args.overwrite, LABELMAP_EXTENSIONS, "output", [path]))
             reporter("loading", 0.0, f"{name}: reading")
-            if choice_problem:
-                raise CliError(EXIT_USAGE, choice_problem)
+            if choice_problem is not None:
+                raise choice_problem
             image, warnings, chosen = read_case(path, args, _Prefixed(reporter, name), series_uid=series_uid)
             row["series"] = chosen or ""
             result = predict_and_write(job, image, warnings, predictor, reporter, cancel, t0)

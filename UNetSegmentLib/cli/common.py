@@ -328,8 +328,11 @@ def classify_error(e: BaseException) -> Tuple[int, str]:
     from ..validation import InvalidImageError
 
     inference = sys.modules.get("UNetSegmentLib.inference")
+    choice = sys.modules.get("UNetSegmentLib.dicom.choice")
     if isinstance(e, CliError):
         return e.code, e.message
+    if choice is not None and isinstance(e, choice.SeriesChoiceError):
+        return EXIT_USAGE, _one_line(e)
     if isinstance(e, (KeyboardInterrupt, DownloadCancelled)) or (
         inference is not None and isinstance(e, inference.CancelledError)
     ):

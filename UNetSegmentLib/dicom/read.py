@@ -225,6 +225,20 @@ def _same_stack(a: Series, b: Series) -> bool:
     return bool(np.max(np.abs(np.subtract(fa.orientation, fb.orientation))) <= 1e-3)
 
 
+def check_folder_not_mixed(index: DicomIndex, s: Series) -> None:
+    """Raise ``SeriesIntegrityError`` if another series of the same orientation and slice size shares a folder
+    with ``s`` (mixed SeriesInstanceUIDs whose slices could be mistaken for each other)."""
+    from .integrity import SeriesIntegrityError
+
+    others = [o for o in index.series if o is not s and set(o.folders) & set(s.folders) and _same_stack(o, s)]
+    if others:
+        raise SeriesIntegrityError(
+            f"{s.label()} shares its folder {s.folders[0]} with {len(others)} other series of the same "
+            f"orientation and size (mixed SeriesInstanceUIDs: {', '.join(o.label() for o in others[:3])}); "
+            f"their slices could be mistaken for each other: confirm with --series {s.number} or --series-uid {s.uid}"
+        )
+
+
 def read_dicom(
     folder: PathLike,
     number: Optional[int] = None,
@@ -241,19 +255,11 @@ def read_dicom(
     slice size and was chosen automatically, it is refused as mixed (their slices
     could be mistaken for each other); ``--series``/``--series-uid`` confirm it.
     """
-    from .integrity import SeriesIntegrityError
-
     idx = index or index_folder(folder)
     choice = choose_series(idx, number=number, uid=uid)
     s = choice.series
     if number is None and uid is None:
-        others = [o for o in idx.series if o is not s and set(o.folders) & set(s.folders) and _same_stack(o, s)]
-        if others:
-            raise SeriesIntegrityError(
-                f"{s.label()} shares its folder {s.folders[0]} with {len(others)} other series of the same "
-                f"orientation and size (mixed SeriesInstanceUIDs: {', '.join(o.label() for o in others[:3])}); "
-                f"their slices could be mistaken for each other: confirm with --series {s.number} or --series-uid {s.uid}"
-            )
+        check_folder_not_mixed(idx, s)
     result = read_series(idx, s, allow_uneven=allow_uneven)
     result.choice = choice
     if choice.warning:
