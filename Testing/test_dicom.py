@@ -4,6 +4,7 @@ a DICOM SEG writer references; ``unetsegment series`` and ``batch`` on study tre
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -222,3 +223,34 @@ def test_enhanced_mr_rescale_is_applied_once_per_frame(tmp_path):
     stored = sitk.GetArrayFromImage(img).astype(np.float32)
     expected = np.stack([stored[k] * (1 + k) + 10 * k for k in range(4)])
     assert np.allclose(got, expected)
+
+
+@pytest.mark.parametrize(
+    "name", ["MR_small_jpeg_ls_lossless.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "JPEG-lossy.dcm"]
+)
+def test_compressed_files_from_other_encoders_pass_the_checks_and_fail_when_cut(tmp_path, name):
+    """pydicom's bundled test files (JPEG-LS, RLE, JPEG 2000 and JPEG made by other encoders, with their own padding)."""
+    import shutil
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from UNetSegmentLib.dicom.integrity import check_dicom_file
+    from UNetSegmentLib.io import ImageReadError
+
+    source = get_testdata_file(name, download=False)
+    if source is None:
+        pytest.skip(f"{name} is not bundled with this pydicom")
+    check_dicom_file(Path(source))
+    if name.startswith("MR_small"):  # the same slice as MR_small.dcm: decodes to the same values
+        for f, folder in ((source, "c"), (get_testdata_file("MR_small.dcm", download=False), "u")):
+            (tmp_path / folder).mkdir()
+            shutil.copy(f, tmp_path / folder / "a.dcm")
+        a, b = (sitk.GetArrayFromImage(read_dicom(tmp_path / d).image) for d in ("c", "u"))
+        assert np.array_equal(a, b)
+    data = Path(source).read_bytes()
+    ds = pydicom.dcmread(source)
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[: len(data) - len(ds.PixelData) // 3])
+    with pytest.raises(ImageReadError, match="cut.dcm"):
+        check_dicom_file(cut)

@@ -66,27 +66,36 @@ def _damaged(p: Path, what: str) -> DamagedFileError:
 # -- streams ---------------------------------------------------------------------------------
 
 
+def _new_decompressor(kind: str):
+    return bz2.BZ2Decompressor() if kind == "bzip2" else zlib.decompressobj(47)  # 47: gzip or zlib header
+
+
 def _inflate_length(p: Path, offset: int, kind: str) -> int:
     """Decompress ``p`` from ``offset`` to the end of its stream; the decompressed byte count.
 
     ``kind``: ``gzip``/``zlib`` (either header is accepted: NRRD and MetaImage
-    writers differ) or ``bzip2``. Raises :class:`DamagedFileError` when the
-    stream is corrupt or ends before its end-of-stream marker.
+    writers differ) or ``bzip2``. Concatenated gzip members are followed, as
+    gzip readers do. Raises :class:`DamagedFileError` when the stream is
+    corrupt or ends before its end-of-stream marker.
     """
-    dec = bz2.BZ2Decompressor() if kind == "bzip2" else zlib.decompressobj(47)  # 47: gzip or zlib header
+    dec = _new_decompressor(kind)
     total = 0
     with open(p, "rb") as f:
         f.seek(offset)
         try:
+            pending = b""
             while True:
-                chunk = f.read(_CHUNK)
+                chunk = pending or f.read(_CHUNK)
+                pending = b""
                 if not chunk:
                     break
                 total += len(dec.decompress(chunk))
                 if dec.eof:
+                    rest = dec.unused_data + f.read(2)
+                    if rest[:2] == b"\x1f\x8b" and kind != "bzip2":  # another gzip member follows
+                        dec, pending = _new_decompressor(kind), rest
+                        continue
                     break
-            if kind != "bzip2":
-                total += len(dec.flush())
         except (zlib.error, OSError, EOFError, ValueError) as e:
             raise _damaged(p, f"its compressed data is corrupt ({e})") from None
     if not dec.eof:

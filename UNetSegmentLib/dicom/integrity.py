@@ -269,13 +269,19 @@ def check_dicom_file(path: Path) -> None:
             f"cannot read {path}: the file is damaged, it holds {len(got)} of its {frames} compressed frames"
         )
     for i, frame in enumerate(got):
-        if ts in _ENDS_WITH_FFD9 and not frame.rstrip(b"\0").endswith(b"\xff\xd9"):
+        if ts in _ENDS_WITH_FFD9 and not _ends_with_eoi(frame):
             raise ImageReadError(
                 f"cannot read {path}: the file is damaged, compressed frame {i + 1} ({transfer_syntax_name(ts)}) stops before its end "
                 "marker (truncated or cut data)"
             )
         if ts == "1.2.840.10008.1.2.5":
             _check_rle(path, frame, i, int(ds.Rows) * int(ds.Columns))
+
+
+def _ends_with_eoi(frame: bytes) -> bool:
+    """The codestream's last marker is FFD9, followed at most by padding (00 or FF fill bytes)."""
+    i = frame.rfind(b"\xff\xd9", max(0, len(frame) - 16))
+    return i >= 0 and all(b in (0x00, 0xFF) for b in frame[i + 2 :])
 
 
 def _frames_of(data: bytes, frames: int) -> list:
