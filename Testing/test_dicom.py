@@ -124,6 +124,7 @@ def test_instances_come_in_the_images_slice_order_for_a_seg_writer(tmp_path):
     files = write_series(tmp_path / "s", img, positions_k=[3, 0, 5, 1, 4, 2])  # files not in slice order
     got = read_dicom(tmp_path / "s")
     refs = series_instances(got.series)
+    assert refs == got.instances()
     assert [r.path for r in refs] == [files[i] for i in (1, 3, 5, 0, 4, 2)]
     for k, ref in enumerate(refs):  # entry k is the image's slice k
         point = got.image.TransformIndexToPhysicalPoint((0, 0, k))

@@ -216,8 +216,9 @@ def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellati
             reporter("loading", 0.0, f"{name}: reading")
             if choice_problem is not None:
                 raise choice_problem
-            image, warnings, chosen = read_case(path, args, _Prefixed(reporter, name), series_uid=series_uid)
-            row["series"] = chosen or ""
+            got = read_case(path, args, _Prefixed(reporter, name), series_uid=series_uid)
+            image, warnings = got.image, got.warnings
+            row["series"] = got.chosen or ""
             result = predict_and_write(job, image, warnings, predictor, reporter, cancel, t0)
             row.update(status="ok", exit_code=EXIT_OK, error="", warnings="; ".join(warnings))
             row.update({f"{k}_ml": v for k, v in result["volumes_ml"].items()})

@@ -53,7 +53,8 @@ def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellati
         raise CliError(EXIT_OUTPUT, "the output, --seg-nrrd and --volumes-json must be different files")
 
     reporter("loading", 0.0, f"reading {source.name}")
-    image, warnings, _ = read_case(source, args, reporter)
+    got = read_case(source, args, reporter)
+    image, warnings = got.image, got.warnings
     cancel.check()
     package = resolve_model(args.model, args.offline, reporter, cancel)
     predictor = build_predictor(package, args)

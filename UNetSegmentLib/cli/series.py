@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 from ..progress import ProgressReporter
 from .common import EXIT_INPUT, EXIT_OK, EXIT_USAGE, Cancellation, CliError, positive_int
@@ -46,13 +46,13 @@ def choice_error(e) -> CliError:
     return CliError(EXIT_USAGE, str(e))
 
 
-def read_case(
-    source: Path, args: argparse.Namespace, reporter: ProgressReporter, series_uid: Optional[str] = None
-) -> Tuple[object, List[str], Optional[str]]:
-    """Read and validate ``source`` with the command's DICOM options: ``(image, warnings, chosen)``.
+def read_case(source: Path, args: argparse.Namespace, reporter: ProgressReporter, series_uid: Optional[str] = None):
+    """Read and validate ``source`` with the command's DICOM options: a ``validation.InputRead``.
 
-    ``chosen`` is the one line that says which DICOM series was read and why (None for a file);
-    it is printed here. ``series_uid`` overrides ``--series-uid`` (batch: the study's choice).
+    Its ``chosen`` is the one line that says which DICOM series was read and why (None for a
+    file), printed here with the warnings; its ``dicom`` (``dicom.DicomRead``) holds the series,
+    whose instances in slice order a DICOM SEG writer references (``dicom.series_instances``).
+    ``series_uid`` overrides ``--series-uid`` (batch: the study's choice).
     """
     from ..dicom import SeriesChoiceError
     from ..validation import read_input_info
@@ -74,7 +74,7 @@ def read_case(
         print(f"Reading {got.chosen}")
     for w in got.warnings:
         reporter.warning(w)
-    return got.image, got.warnings, got.chosen
+    return got
 
 
 def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellation) -> int:

@@ -55,6 +55,10 @@ class DicomRead:
     def series(self) -> Series:
         return self.choice.series
 
+    def instances(self) -> List[InstanceRef]:
+        """The read series' instances in the image's slice order (see :func:`series_instances`)."""
+        return series_instances(self.series, allow_uneven=bool(self.plan.uneven))
+
 
 def series_instances(series: Series, allow_uneven: bool = False) -> List[InstanceRef]:
     """The instances of ``series`` in the image's slice order (k = 0 first), as :func:`read_series` stacks them.
