@@ -87,5 +87,5 @@ def test_catalogue_input_gives_a_plain_message_and_leaves_the_scene(case: Case, 
     for word in case.words:  # the CLI's reason reaches the panel
         assert word.lower() in message.lower(), f"{case.name}: {word!r} not in {message!r}"
     assert _scene_ids(slicer) == before
-    assert not slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode")
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
     assert not list(slicer_env.temp.glob("UNetSegment-*"))  # the run's temporary folder is gone

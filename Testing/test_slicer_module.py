@@ -1,6 +1,7 @@
-"""The Slicer module's logic against the Slicer stand-in, with the real background process.
+"""The Slicer module's logic on Slicer's real core (slicer-core), with the real background process.
 
-``sys.executable -m UNetSegmentLib`` stands in for ``PythonSlicer``; the model
+Only the Qt side is a stand-in (``Testing/slicer_standin``). ``sys.executable
+-m UNetSegmentLib`` stands in for ``PythonSlicer``; the model
 is the ``tiny_package`` fixture (random weights), so the tests check geometry,
 names, colours, terminology, volumes, cancellation and failures, not accuracy.
 A scripted fake process covers edge cases quickly. Static checks: Python 3.9
@@ -21,9 +22,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from slicer_standin.fakeprocess import FakeProcess
-from slicer_standin.helpers import REPO, addLinearTransform, makeInputVolume, matrixArray, pumpEvents
+from slicer_standin.helpers import (
+    REPO,
+    addLinearTransform,
+    makeInputVolume,
+    matrixArray,
+    pumpEvents,
+    shownMessages,
+)
 
-pytest_plugins = ("slicer_standin.fixtures",)  # slicer_env, installed_tiny_model
+pytest_plugins = ("slicer_standin.fixtures",)  # slicer_env, real_cli, installed_tiny_model
 
 MODULE_DIR = REPO / "UNetSegment"
 LIB_DIR = REPO / "UNetSegmentLib"
@@ -44,6 +52,11 @@ def _imported_modules(path: Path):
 
 def _scene_ids(slicer):
     return sorted(n.GetID() for n in slicer.mrmlScene.GetNodes())
+
+
+def _scene_state(slicer):
+    """Every node's ID, class, name and modification time: any change to any node changes it."""
+    return sorted((n.GetID(), n.GetClassName(), n.GetName(), n.GetMTime()) for n in slicer.mrmlScene.GetNodes())
 
 
 def _logic(env, **kwargs):
@@ -75,6 +88,10 @@ def test_module_never_imports_torch_or_the_inference_code():
 
 def test_using_the_module_keeps_torch_out_of_slicers_process(tmp_path):
     """Import the module, list models, import a model zip, read its labels: torch must stay unimported."""
+    import slicer_standin
+
+    if not slicer_standin.available():
+        pytest.skip("slicer-core is not installed")
     script = textwrap.dedent(
         f"""
         import os, sys
@@ -106,6 +123,60 @@ def test_using_the_module_keeps_torch_out_of_slicers_process(tmp_path):
     torch_loaded, monai_loaded, n_choices = out.stdout.split()
     assert (torch_loaded, monai_loaded) == ("False", "False")
     assert int(n_choices) >= 1
+
+
+def test_module_file_stays_small():
+    lines = (MODULE_DIR / "UNetSegment.py").read_text(encoding="utf-8").count("\n")
+    assert lines <= 600, f"UNetSegment.py has {lines} lines; move helpers into UNetSegmentLogicLib"
+
+
+def test_the_backend_follows_the_device():
+    """ONNX Runtime on the CPU (no torch), PyTorch on the GPU, the CLI's own choice for auto."""
+    sys.path.insert(0, str(MODULE_DIR))
+    try:
+        from UNetSegmentLogicLib.run import segmentCommand
+    finally:
+        sys.path.remove(str(MODULE_DIR))
+    for device, backend in (("cpu", "onnxruntime"), ("cuda", "torch"), ("auto", "auto")):
+        cmd = segmentCommand(["py"], "in.nrrd", "out.nrrd", "r.json", "m@1", device, "standard")
+        assert (cmd[cmd.index("--device") + 1], cmd[cmd.index("--backend") + 1]) == (device, backend)
+
+
+def test_the_packaging_stand_in_has_slicers_signatures():
+    """``slicer.packaging`` as in Slicer 5.12 (Base/Python/slicer/packaging.py): names, order and defaults."""
+    import inspect
+    import types
+
+    from slicer_standin.packaging import makeModule
+
+    packaging = makeModule(types.ModuleType("slicer"))
+    expected = {
+        "pip_ensure": [
+            ("requirements", inspect.Parameter.empty),
+            ("constraints", None),
+            ("skip_packages", None),
+            ("prompt_install", True),
+            ("prompt_restart", True),
+            ("requester", None),
+            ("skip_in_testing", True),
+            ("show_progress", True),
+        ],
+        "pip_install": [
+            ("requirements", inspect.Parameter.empty),
+            ("constraints", None),
+            ("no_deps_requirements", None),
+            ("skip_packages", None),
+            ("blocking", True),
+            ("show_progress", True),
+            ("requester", None),
+            ("parent", None),
+            ("logCallback", None),
+            ("completedCallback", None),
+        ],
+    }
+    for name, parameters in expected.items():
+        signature = inspect.signature(getattr(packaging, name))
+        assert [(p.name, p.default) for p in signature.parameters.values()] == parameters, name
 
 
 def _cmake_list(text: str, variable: str):
@@ -178,6 +249,7 @@ def test_command_line_and_environment_run_the_library(slicer_env):
         "best",
         "machine",
     )
+    assert cmd[cmd.index("--backend") + 1] == "onnxruntime"  # a CPU run never needs torch
     assert fake.env["PYTHONPATH"].split(":")[0] == str(REPO)  # where UNetSegmentLib is, first
     input_path = Path(cmd[4])
     assert input_path.parent.parent == slicer_env.temp and input_path.is_file()
@@ -228,7 +300,7 @@ def test_progress_stages_are_mapped_and_never_go_back(slicer_env):
 
 
 @pytest.mark.slow
-def test_real_run_imports_segments_on_the_input_grid(slicer_env, installed_tiny_model):
+def test_real_run_imports_segments_on_the_input_grid(slicer_env, real_cli, installed_tiny_model):
     """Oblique input under a linear transform and a study: geometry, names, colours, terminology, volumes."""
     slicer = slicer_env.slicer
     volume = makeInputVolume(slicer, rotationDeg=25.0)
@@ -252,6 +324,13 @@ def test_real_run_imports_segments_on_the_input_grid(slicer_env, installed_tiny_
     )
     run = logic.lastRun
     assert run.status == "succeeded" and seg is run.segmentationNode
+    # nothing temporary is left in the scene (checked first: slicer.util's array helpers leave display nodes)
+    for temporary in (
+        "vtkMRMLLabelMapVolumeNode",
+        "vtkMRMLLabelMapVolumeDisplayNode",
+        "vtkMRMLVolumeArchetypeStorageNode",
+    ):
+        assert slicer.mrmlScene.GetNumberOfNodesByClass(temporary) == 0, temporary
     assert stages[0] == "preparing" and stages[-1] == "importing" and "segmenting" in stages
 
     # one segment per label, with the model's name, colour and terminology
@@ -302,14 +381,9 @@ def test_real_run_imports_segments_on_the_input_grid(slicer_env, installed_tiny_
     np.testing.assert_allclose(lps_to_ras @ direction, matrixArray(ijk_to_ras)[:3, :3], atol=1e-5)
     np.testing.assert_allclose(lps_to_ras @ np.array(written.GetOrigin()), matrixArray(ijk_to_ras)[:3, 3], atol=1e-5)
 
-    # nothing temporary is left in the scene
-    assert not slicer.mrmlScene.GetNodesByClass("vtkMRMLLabelMapVolumeNode")
-    assert not slicer.mrmlScene.GetNodesByClass("vtkMRMLLabelMapVolumeDisplayNode")
-    assert not slicer.mrmlScene.GetNodesByClass("vtkMRMLVolumeArchetypeStorageNode")
-
 
 @pytest.mark.slow
-def test_real_cancel_leaves_the_scene_as_it_was(slicer_env, installed_tiny_model):
+def test_real_cancel_leaves_the_scene_as_it_was(slicer_env, real_cli, installed_tiny_model):
     slicer = slicer_env.slicer
     volume = makeInputVolume(slicer)
     existing = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Existing")
@@ -332,7 +406,7 @@ def test_real_cancel_leaves_the_scene_as_it_was(slicer_env, installed_tiny_model
 
 
 @pytest.mark.slow
-def test_real_failure_leaves_no_segmentation(slicer_env):
+def test_real_failure_leaves_no_segmentation(slicer_env, real_cli):
     slicer = slicer_env.slicer
     volume = makeInputVolume(slicer)
     before = _scene_ids(slicer)
@@ -343,7 +417,7 @@ def test_real_failure_leaves_no_segmentation(slicer_env):
     assert "no-such-model" in message and "Traceback" not in message and "\n" not in message
     assert logic.lastRun.status == "failed" and logic.lastRun.exitCode == 5
     assert _scene_ids(slicer) == before
-    assert not slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode")
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
     assert not list(slicer_env.temp.glob("UNetSegment-*"))
 
 
@@ -429,15 +503,22 @@ def test_import_failure_removes_the_new_segmentation(slicer_env, tiny_package, m
     slicer = slicer_env.slicer
     volume = makeInputVolume(slicer)
     existing = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Existing")
-    before = _scene_ids(slicer)
-    monkeypatch.setattr(
-        slicer.vtkSlicerSegmentationsModuleLogic, "ImportLabelmapToSegmentationNode", staticmethod(lambda *a: False)
-    )
+    realLogic = slicer.modules.segmentations.logic()
+
+    class Refusing:  # Slicer's logic, whose import reports a failure
+        def __getattr__(self, name):
+            return getattr(realLogic, name)
+
+        def ImportLabelmapToSegmentationNode(self, *args):
+            return False
+
+    monkeypatch.setattr(slicer.modules.segmentations, "logic", lambda: Refusing())
+    before = _scene_state(slicer)
     for output in (None, existing):
         logic = _logic(slicer_env, processFactory=lambda: FakeProcess(labels_from_input=lambda a: a > 400))
         with pytest.raises(RuntimeError, match="could not import"):
             logic.segment(volume, output, modelSpec=str(tiny_package.path), wait=True)
-        assert _scene_ids(slicer) == before
+        assert _scene_ids(slicer) == [n[0] for n in before]
         assert existing.GetSegmentation().GetNumberOfSegments() == 0
 
 
@@ -492,36 +573,71 @@ def test_model_choices_offer_only_a_newer_release_from_the_catalogue(slicer_env,
     assert specs == {"tiny-test-model@0.0.1": True, "tiny-test-model@0.0.3": False, "other-model@1.1.0": False}
 
 
-def test_dependencies_are_installed_with_confirmation_and_pinned(slicer_env, monkeypatch):
+def test_cpu_needs_only_onnxruntime_and_asks_through_slicers_pip_ensure(slicer_env, monkeypatch):
+    """Slicer >= 5.12: ``slicer.packaging.pip_ensure`` with Slicer's signature; torch is never asked for on the CPU."""
+    import ctk
+    import qt
     from UNetSegmentLogicLib import dependencies
 
     slicer = slicer_env.slicer
+    slicer.app.setTestingEnabled(False)
     logic = _logic(slicer_env)
-    logic.ensureDependencies()  # everything present here: nothing asked, nothing installed
-    assert slicer.util.pipCalls == [] and slicer.util.messages == []
+    logic.ensureDependencies(device="cpu")  # onnxruntime is installed here: nothing asked, nothing installed
+    assert slicer.packaging.installCalls == [] and shownMessages() == []
+    assert dependencies.requirementsFor("cpu") == ["onnxruntime>=1.17"]
 
-    monkeypatch.setattr(dependencies, "PIP_REQUIREMENTS", ["monai>=1.3,<2", "unetsegment-missing-package>=1"])
-    constraints = []
-    monkeypatch.setattr(
-        slicer.util,
-        "pip_install",
-        lambda args: (slicer.util.pipCalls.append(args), constraints.append(Path(args[1]).read_text(encoding="utf-8"))),
-    )
-    slicer.util.answers.append(False)
+    monkeypatch.setattr(dependencies, "CPU_REQUIREMENTS", ["onnxruntime>=99"])
+    monkeypatch.setattr(dependencies, "TORCH_REQUIREMENT", ">=99")  # torch "missing" too: still not asked for
+    ctk.ctkMessageBox.answers.append(qt.QMessageBox.Cancel)
     with pytest.raises(dependencies.DependencyError, match="were not installed"):
-        logic.ensureDependencies()
-    assert slicer.util.pipCalls == [] and "unetsegment-missing-package>=1" in slicer.util.messages[-1][1]
+        logic.ensureDependencies(device="cpu")
+    ((kind, _, details),) = shownMessages()
+    assert kind == "question" and details == "- onnxruntime>=99" and slicer.packaging.installCalls == []
 
-    with pytest.raises(dependencies.DependencyError, match="unetsegment-missing-package"):
-        logic.ensureDependencies()  # confirmed (testing mode), pip "ran" but the package is still missing
-    (args,) = slicer.util.pipCalls
-    assert args[0] == "-c" and args[2:] == ["unetsegment-missing-package>=1"]
-    pins = dict(line.split("==") for line in constraints[0].split())
-    assert set(pins) == {"torch", "numpy", "scipy", "SimpleITK"}
-    assert not Path(args[1]).exists()
+    with pytest.raises(dependencies.DependencyError, match="onnxruntime>=99"):
+        logic.ensureDependencies(device="cpu")  # confirmed; "pip" ran but the package is still missing
+    (call,) = slicer.packaging.installCalls
+    assert call["requirements"] == ["onnxruntime>=99"] and call["requester"] == "UNetSegment"
+    pins = dict(line.split("==") for line in call["constraints"].split())
+    assert set(pins) == {"torch", "numpy", "scipy", "SimpleITK"} and pins["numpy"] == np.__version__
+    assert not list(slicer_env.temp.glob("UNetSegment-constraints-*"))
 
 
-def test_torch_comes_from_the_pytorch_extension_else_from_pip(slicer_env, monkeypatch):
+def test_older_slicer_installs_with_util_pip_install_after_our_confirmation(tmp_path, monkeypatch):
+    """Slicer 5.8-5.11 has no ``slicer.packaging``: our own question, then ``slicer.util.pip_install(args)``."""
+    import slicer_standin
+
+    if not slicer_standin.available():
+        pytest.skip("slicer-core is not installed")
+    from slicer_standin.helpers import MODULE_FILE, importModule
+
+    paths = {"UNetSegment": str(MODULE_FILE)}
+    slicer = slicer_standin.install(str(tmp_path), testingEnabled=False, modulePaths=paths, withPackaging=False)
+    try:
+        import ctk
+        import qt
+
+        module = importModule()
+        from UNetSegmentLogicLib import dependencies
+
+        assert dependencies._slicerPackaging() is None
+        calls = []
+        monkeypatch.setattr(slicer.util, "pip_install", lambda requirements: calls.append(list(requirements)))
+        monkeypatch.setattr(dependencies, "CPU_REQUIREMENTS", ["onnxruntime>=99"])
+        ctk.ctkMessageBox.answers.append(qt.QMessageBox.Cancel)
+        logic = module.UNetSegmentLogic(pythonCommand=[sys.executable])
+        with pytest.raises(dependencies.DependencyError, match="were not installed"):
+            logic.ensureDependencies(device="cpu")
+        assert calls == [] and "onnxruntime>=99" in shownMessages()[0][1]
+        with pytest.raises(dependencies.DependencyError, match="Installing onnxruntime>=99 failed"):
+            logic.ensureDependencies(device="cpu")
+        ((flag, _constraints, requirement),) = calls
+        assert (flag, requirement) == ("-c", "onnxruntime>=99")
+    finally:
+        slicer_standin.uninstall()
+
+
+def test_gpu_gets_torch_from_the_pytorch_extension_only(slicer_env, monkeypatch):
     import types
 
     from UNetSegmentLogicLib import dependencies
@@ -537,12 +653,12 @@ def test_torch_comes_from_the_pytorch_extension_else_from_pip(slicer_env, monkey
             return None  # the user declined
 
     monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
-    with pytest.raises(dependencies.DependencyError, match="PyTorch >=99 is needed"):
-        logic.ensureDependencies()
-    assert calls == [(True, ">=99")] and slicer.util.pipCalls == []
+    with pytest.raises(dependencies.DependencyError, match="PyTorch >=99 is needed on the GPU"):
+        logic.ensureDependencies(device="cuda")
+    assert calls == [(True, ">=99")] and slicer.packaging.installCalls == []
 
-    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # no PyTorch extension: pip, after confirmation
-    with pytest.raises(dependencies.DependencyError, match="torch>=99"):
-        logic.ensureDependencies()
-    (args,) = slicer.util.pipCalls
-    assert args[2:] == ["torch>=99"] and "torch>=99" in slicer.util.messages[-1][1]
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # no PyTorch extension: refused, never pip
+    with pytest.raises(dependencies.DependencyError, match="install that extension from the Extensions Manager"):
+        logic.ensureDependencies(device="cuda")
+    assert slicer.packaging.installCalls == []
+    assert dependencies.requirementsFor("cuda") == ["safetensors>=0.4,<1"]

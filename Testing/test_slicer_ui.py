@@ -1,4 +1,7 @@
-"""The module's panel: the ``.ui`` file against the code, and the Widget driven through the Slicer stand-in."""
+"""The module's panel: the ``.ui`` file against the code, and the Widget driven on Slicer's core with Qt stand-ins.
+
+Dialogs are those of Slicer's own ``slicer.util`` (outside testing mode, so they are shown and recorded).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +9,11 @@ import ast
 import sys
 import xml.etree.ElementTree as ET
 
-import numpy as np
 import pytest
 from slicer_standin.fakeprocess import FakeProcess
-from slicer_standin.helpers import REPO, makeInputVolume, pumpEvents
+from slicer_standin.helpers import REPO, makeInputVolume, pumpEvents, shownMessages
 
-pytest_plugins = ("slicer_standin.fixtures",)  # slicer_env
+pytest_plugins = ("slicer_standin.fixtures",)  # slicer_env, real_cli
 
 MODULE_FILE = REPO / "UNetSegment" / "UNetSegment.py"
 UI_FILE = REPO / "UNetSegment" / "Resources" / "UI" / "UNetSegment.ui"
@@ -77,6 +79,7 @@ def _widget(env):
 
     parent = env.slicer.qMRMLWidget()
     parent.setLayout(qt.QVBoxLayout())
+    env.slicer.app.setTestingEnabled(False)  # dialogs are shown (and recorded) as a user would see them
     widget = env.module.UNetSegmentWidget(parent)
     widget.setup()
     widget.logic.pythonCommand = [sys.executable]
@@ -142,7 +145,7 @@ def served_tiny_model(slicer_env, tiny_package, monkeypatch):
 
 
 @pytest.mark.slow
-def test_segment_button_downloads_runs_turns_into_cancel_and_fills_the_results(slicer_env, served_tiny_model):
+def test_segment_button_downloads_runs_turns_into_cancel_and_fills_the_results(slicer_env, real_cli, served_tiny_model):
     slicer = slicer_env.slicer
     makeInputVolume(slicer)
     w = _widget(slicer_env)
@@ -197,7 +200,7 @@ def test_cancel_button_stops_the_run_and_leaves_the_scene(slicer_env):
     assert w.ui.statusLabel.text == "Segmentation was cancelled; the scene was not changed."
     assert w.ui.segmentButton.text == "Segment Prostate"
     assert sorted(n.GetID() for n in slicer.mrmlScene.GetNodes()) == before
-    assert not [m for m in slicer.util.messages if m[0] == "error"]
+    assert not [m for m in shownMessages() if m[0] == "error"]
 
 
 def test_a_failed_run_shows_one_plain_message(slicer_env):
@@ -207,31 +210,36 @@ def test_a_failed_run_shows_one_plain_message(slicer_env):
     w.logic.processFactory = lambda: FakeProcess(exit_code=4, error="invalid image: the volume is constant")
     w.ui.segmentButton.click()
     pumpEvents(slicer, lambda: not w.logic.isRunning())
-    errors = [m for m in slicer.util.messages if m[0] == "error"]
+    errors = [m for m in shownMessages() if m[0] == "error"]
     assert len(errors) == 1
     _, text, details = errors[0]
     assert text == "Invalid image: the volume is constant."
     assert "Traceback" not in text and "Traceback" not in (details or "")
     assert w.ui.statusLabel.text == "Failed: Invalid image: the volume is constant."
-    assert not slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode")
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
 
 
 def test_a_missing_dependency_is_reported_before_anything_runs(slicer_env, monkeypatch):
+    import ctk
+    import qt
     from UNetSegmentLogicLib import dependencies
 
     slicer = slicer_env.slicer
     makeInputVolume(slicer)
     w = _widget(slicer_env)
-    monkeypatch.setattr(dependencies, "TORCH_REQUIREMENT", ">=99")
-    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)
-    slicer.app._testingEnabled = False  # dialogs are shown outside testing mode
-    slicer.util.answers.append(False)  # no PyTorch extension: the user declines installing torch with pip
+    w.ui.deviceComboBox.currentIndex = 1  # CPU: ONNX Runtime, asked for through slicer.packaging.pip_ensure
+    monkeypatch.setattr(dependencies, "CPU_REQUIREMENTS", ["onnxruntime>=99"])
+    ctk.ctkMessageBox.answers.append(qt.QMessageBox.Cancel)  # the user declines installing it
     with pytest.raises(dependencies.DependencyError):
         w.ui.segmentButton.click()  # Slicer prints the re-raised exception to the console
-    (confirm, (kind, text, _)) = slicer.util.messages
-    assert confirm[0] == "confirmOkCancel" and "torch>=99" in confirm[1]
+    (confirm, (kind, text, _)) = shownMessages()
+    assert confirm[0] == "question" and "onnxruntime>=99" in confirm[2]
     assert kind == "error"
-    assert text == "Segmentation could not start.\n\nThe Python packages UNetSegment needs were not installed."
+    assert text == (
+        "Segmentation could not start.\n\n"
+        "The Python packages UNetSegment needs were not installed (User declined package installation)."
+    )
+    assert slicer.packaging.installCalls == []
     assert not w.logic.isRunning() and not w.ui.progressBar.visible
     assert slicer.app.overrideCursorDepth == 0
 
@@ -244,6 +252,7 @@ def _bundled_default_spec() -> str:
 
 
 def test_advanced_actions(slicer_env, tiny_package):
+    import ctk
     import qt
 
     slicer = slicer_env.slicer
@@ -260,7 +269,7 @@ def test_advanced_actions(slicer_env, tiny_package):
     w.ui.openCacheFolderButton.click()
     assert qt.QDesktopServices.opened == [qt.QUrl.fromLocalFile(str(slicer_env.tmp / "model-cache")).toString()]
 
-    slicer.util.answers.append(False)
+    ctk.ctkMessageBox.answers.append(qt.QMessageBox.No)
     w.ui.clearCacheButton.click()
     assert w.ui.modelComboBox.count == 2
     w.ui.clearCacheButton.click()
@@ -274,4 +283,21 @@ def test_advanced_actions(slicer_env, tiny_package):
     assert "UNetSegment 0.1.0" in log and "torch 2." in log and "model prostate-wholegland-t2@" in log
     assert "a line that is not part of the protocol" in log
     assert not w.ui.logCollapsibleButton.collapsed
-    assert np.all([m[0] != "error" for m in slicer.util.messages])
+    assert [m[0] for m in shownMessages()] == ["question", "question"]  # the two "clear the cache?" questions
+
+
+def test_choosing_the_gpu_without_the_pytorch_extension_says_what_to_do(slicer_env, monkeypatch):
+    from UNetSegmentLogicLib import dependencies
+
+    slicer = slicer_env.slicer
+    makeInputVolume(slicer)
+    w = _widget(slicer_env)
+    w.ui.deviceComboBox.currentIndex = 2  # GPU (CUDA)
+    assert w._parameterNode.device.value == "cuda"
+    monkeypatch.setattr(dependencies, "TORCH_REQUIREMENT", ">=99")  # PyTorch "missing"
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # and no PyTorch extension
+    with pytest.raises(dependencies.DependencyError):
+        w.ui.segmentButton.click()
+    ((kind, text, _),) = shownMessages()
+    assert kind == "error" and "PyTorch extension" in text and "or choose the CPU" in text
+    assert slicer.packaging.installCalls == [] and not w.logic.isRunning()

@@ -39,6 +39,7 @@ def write_dicom_series(image: sitk.Image, folder, modality: str = "MR") -> None:
             "0008|0060": modality,
             "0020|000d": uid + ".1",
             "0020|000e": uid + ".2",
+            "0020|0052": uid + ".4",
             "0008|0018": f"{uid}.3.{k + 1}",
             "0020|0013": str(k + 1),
             "0020|0032": "\\".join(f"{c:.4f}" for c in pos),

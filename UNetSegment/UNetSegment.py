@@ -1,16 +1,12 @@
 """UNetSegment: prostate segmentation of T2-weighted MRI with a 3D U-Net, as a 3D Slicer module.
 
-The module is thin: the network runs in a background process
-(``PythonSlicer -m UNetSegmentLib segment ...``), so torch is never imported
-into Slicer and the GUI stays responsive; this file writes the input, follows
-the process's progress lines and imports the result. Runs on Slicer 5.8
-(Python 3.9) and later.
-
-No ``from __future__ import annotations`` here: ``parameterNodeWrapper``
+The network runs in a background process (``PythonSlicer -m UNetSegmentLib segment ...``: ONNX
+Runtime on the CPU, PyTorch on the GPU), so torch is never imported into Slicer and the GUI stays
+responsive; this file writes the input, follows the progress lines and imports the result. Runs on
+Slicer 5.8 (Python 3.9) and later. No ``from __future__ import annotations``: ``parameterNodeWrapper``
 evaluates the parameter annotations at class creation.
 """
 
-import enum
 import logging
 import os
 import shutil
@@ -36,6 +32,7 @@ from slicer.util import VTKObservationMixin
 from UNetSegmentLogicLib import dependencies, results
 from UNetSegmentLogicLib import run as runlib
 from UNetSegmentLogicLib.models import ModelChoice, listModelChoices, modelLabels
+from UNetSegmentLogicLib.options import Device, Quality
 from UNetSegmentLogicLib.process import BackgroundProcess, processEnvironment, pythonSlicerCommand
 
 TERMINOLOGY_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "prostate.term.json")
@@ -50,9 +47,7 @@ def loadTerminology() -> str:
         return ""
 
 
-#
-# UNetSegment
-#
+# -- UNetSegment --
 
 
 class UNetSegment(ScriptedLoadableModule):
@@ -75,31 +70,7 @@ class UNetSegment(ScriptedLoadableModule):
         slicer.app.connect("startupCompleted()", loadTerminology)
 
 
-#
-# Parameter node
-#
-
-
-class Device(enum.Enum):
-    AUTO = "auto"
-    CPU = "cpu"
-    GPU = "cuda"
-
-    def label(self) -> str:
-        return {"auto": _("Automatic (GPU if available)"), "cpu": _("CPU"), "cuda": _("GPU (CUDA)")}[self.value]
-
-
-class Quality(enum.Enum):
-    FAST = "fast"
-    STANDARD = "standard"
-    BEST = "best"
-
-    def label(self) -> str:
-        return {
-            "fast": _("Fast (one pass)"),
-            "standard": _("Standard (test-time flips)"),
-            "best": _("Best (denser windows, slowest)"),
-        }[self.value]
+# -- Parameter node --
 
 
 @parameterNodeWrapper
@@ -114,9 +85,7 @@ class UNetSegmentParameterNode:
     show3D: bool = True
 
 
-#
-# UNetSegmentWidget
-#
+# -- UNetSegmentWidget --
 
 
 class UNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -259,8 +228,8 @@ class UNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.cancel()
             return
         with slicer.util.tryWithErrorDisplay(_("Segmentation could not start."), waitCursor=True):
-            self.logic.ensureDependencies()
             p = self._parameterNode
+            self.logic.ensureDependencies(device=p.device.value)
             self.ui.logTextEdit.clear()
             self.ui.resultsTable.setRowCount(0)
             self.ui.progressBar.value = 0
@@ -350,7 +319,7 @@ class UNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onReinstallDependencies(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("The Python packages could not be reinstalled."), waitCursor=True):
-            self.logic.ensureDependencies(reinstall=True)
+            self.logic.ensureDependencies(device=self._parameterNode.device.value, reinstall=True)
             self.ui.statusLabel.text = _("Python packages reinstalled.")
 
     def onShowVersions(self) -> None:
@@ -361,9 +330,7 @@ class UNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._infoRun = self.logic.runInfo(logCallback=self.appendLog)
 
 
-#
-# UNetSegmentLogic
-#
+# -- UNetSegmentLogic --
 
 
 class UNetSegmentLogic(ScriptedLoadableModuleLogic):
@@ -412,15 +379,15 @@ class UNetSegmentLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(_("Wait for the segmentation to finish (or cancel it) first."))
         self.store().clear()
 
-    def ensureDependencies(self, reinstall: bool = False) -> None:
-        dependencies.ensureDependencies(slicer, reinstall=reinstall)
+    def ensureDependencies(self, device: str = "cpu", reinstall: bool = False) -> None:
+        """ONNX Runtime for the CPU; PyTorch (PyTorch extension) and safetensors for the GPU."""
+        dependencies.ensureDependencies(slicer, device=device, reinstall=reinstall)
 
     def versionLines(self) -> List[str]:
         import UNetSegmentLib
 
-        lines = [
-            f"UNetSegment {UNetSegmentLib.__version__}, Slicer {slicer.app.applicationVersion}, Python {sys.version.split()[0]}"
-        ]
+        python = sys.version.split()[0]
+        lines = [f"UNetSegment {UNetSegmentLib.__version__}, Slicer {slicer.app.applicationVersion}, Python {python}"]
         lines += [f"{name} {version}" for name, version in dependencies.versions().items()]
         lines += [f"model {c.spec}{'' if c.installed else ' (not installed)'}" for c in self.modelChoices()]
         return lines
@@ -449,21 +416,18 @@ class UNetSegmentLogic(ScriptedLoadableModuleLogic):
     def runInfo(self, logCallback: Optional[Callable[[str], None]] = None):
         """``UNetSegmentLib info`` (versions, GPU) in the background; its lines go to ``logCallback``."""
         command = [*self._python(), "-m", "UNetSegmentLib", "info"]
-        run = runlib.SegmentationRun(
-            command,
-            self._environment(),
-            tempfile.gettempdir(),
-            self.processFactory,
-            onLog=logCallback,
-            expectResult=False,
-        )
+        env, cwd = self._environment(), tempfile.gettempdir()
+        run = runlib.SegmentationRun(command, env, cwd, self.processFactory, onLog=logCallback, expectResult=False)
         run.start()
+        run.timer = self._startTimer(lambda: run.poll() or run.timer.stop())  # lives as long as the run
+        return run
+
+    def _startTimer(self, onTimeout: Callable[[], Any]):
         timer = qt.QTimer()
         timer.setInterval(self.POLL_INTERVAL_MS)
-        timer.timeout.connect(lambda: run.poll() or timer.stop())
+        timer.timeout.connect(onTimeout)
         timer.start()
-        run.timer = timer  # keep the timer alive as long as the run
-        return run
+        return timer
 
     # -- segmentation ----------------------------------------------------------------------
     def segment(
@@ -491,7 +455,8 @@ class UNetSegmentLogic(ScriptedLoadableModuleLogic):
         """
         if self.isRunning():
             raise RuntimeError(_("A segmentation is already running."))
-        self._checkInput(inputVolume)
+        results.checkInputVolume(inputVolume)
+        results.checkOutputSegmentation(outputSegmentation)
         tempDir = tempfile.mkdtemp(prefix="UNetSegment-", dir=slicer.app.temporaryPath)
         paths = {name: os.path.join(tempDir, name) for name in ("input.nrrd", "labelmap.nrrd", "result.json")}
         spec = modelSpec or DEFAULT_MODEL_ID
@@ -509,23 +474,12 @@ class UNetSegmentLogic(ScriptedLoadableModuleLogic):
         except Exception:
             shutil.rmtree(tempDir, ignore_errors=True)
             raise
-        self._active = {
-            "run": run,
-            "tempDir": tempDir,
-            "labelmapPath": paths["labelmap.nrrd"],
-            "inputVolume": inputVolume,
-            "outputSegmentation": outputSegmentation,
-            "spec": spec,
-            "show3D": show3D,
-            "finished": finishedCallback,
-        }
+        self._active = dict(run=run, tempDir=tempDir, labelmapPath=paths["labelmap.nrrd"], inputVolume=inputVolume)
+        self._active.update(outputSegmentation=outputSegmentation, spec=spec, show3D=show3D, finished=finishedCallback)
         self.lastRun = run
         run.start()
         if not wait:
-            self._timer = qt.QTimer()
-            self._timer.setInterval(self.POLL_INTERVAL_MS)
-            self._timer.timeout.connect(self._onTimer)
-            self._timer.start()
+            self._timer = self._startTimer(self._onTimer)
             return run
         while run.poll():
             slicer.app.processEvents()
@@ -534,14 +488,6 @@ class UNetSegmentLogic(ScriptedLoadableModuleLogic):
         if run.status != runlib.SUCCEEDED:
             raise RuntimeError(run.message)
         return run.segmentationNode
-
-    @staticmethod
-    def _checkInput(inputVolume) -> None:
-        if inputVolume is None or inputVolume.GetImageData() is None:
-            raise ValueError(_("Select a T2 volume to segment."))
-        dims = inputVolume.GetImageData().GetDimensions()
-        if min(dims) < 3:
-            raise ValueError(_("The input volume has {dims} voxels; a 3D T2 scan is needed.").format(dims=dims))
 
     def _onTimer(self) -> None:
         run = self._active["run"] if self._active else None
@@ -584,17 +530,9 @@ class UNetSegmentLogic(ScriptedLoadableModuleLogic):
             output = None  # removed while running: make a new one
         run.report("importing", runlib.CLI_SPAN[1], _("importing the segmentation"))
         run.labels = self.modelLabels(active["spec"], run.result.get("model", {}))
-        run.segmentationNode = results.importLabelmap(
-            slicer,
-            vtk,
-            active["labelmapPath"],
-            inputVolume,
-            run.labels,
-            output,
-            self.terminologyContext(),
-            active["show3D"],
-            name=f"{inputVolume.GetName()} segmentation",
-        )
+        args = (active["labelmapPath"], inputVolume, run.labels, output, self.terminologyContext(), active["show3D"])
+        name = f"{inputVolume.GetName()} segmentation"
+        run.segmentationNode = results.importLabelmap(slicer, vtk, *args, name=name)
         run.report("importing", 1.0, _("done"))
 
     def modelLabels(self, spec: str, model: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -602,9 +540,7 @@ class UNetSegmentLogic(ScriptedLoadableModuleLogic):
         return modelLabels(self.store(), spec, model)
 
 
-#
-# UNetSegmentTest
-#
+# -- UNetSegmentTest --
 
 
 class UNetSegmentTest(ScriptedLoadableModuleTest):

@@ -1,33 +1,38 @@
 """Inference: a predictor built once from a model package and called per image.
 
-    predictor = Predictor(ModelPackage.load(folder), device="auto")
+    predictor = Predictor(ModelPackage.load(folder))        # ONNX Runtime on the CPU by default
     result = predictor.predict(sitk.ReadImage("t2.nrrd"))
     result.labelmap          # sitk.Image, uint8, exactly the input grid
     result.volumes_ml        # {"prostate": 43.1}
 
-Steps: shared preprocessing (``preprocessing.preprocess_image``),
-sliding-window inference with Gaussian blending on the model grid
-(``sliding_window``), test-time flips by quality, argmax on the model grid, post-processing (largest connected
-component and hole filling per structure), then each label brought back onto
-the input grid. Full-resolution float maps exist for one label at a time.
+Steps: shared preprocessing (``preprocessing.preprocess_image``); the network over the
+whole model grid in one window (the network is fully convolutional; grids larger than
+the runtime's window limit are tiled with Gaussian blending, ``sliding_window``); then,
+by quality, the test-time flips the model was trained with, computed only where the
+gland is: on a crop around what the first pass found (``standard``) or on the whole
+grid (``best``). Softmax outputs are averaged, the argmax is taken on the model grid,
+post-processed (largest connected component and hole filling per structure), and each
+label is brought back onto the input grid. Everything here is numpy: the runtime
+(:mod:`.runtime`) is the only part that knows ONNX Runtime or PyTorch, so a CPU run
+never imports torch.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from .model_package import ModelPackage
-from .postprocessing import postprocess_labels
-from .preprocessing import preprocess_image
+from .postprocessing import largest_component, postprocess_labels
+from .preprocessing import ModelGrid, preprocess_image
+from .runtime import BACKENDS, DEVICES, PRECISIONS, CancelledError, Runtime, create_runtime
 from .sliding_window import sliding_window, window_count
 
 log = logging.getLogger(__name__)
@@ -36,66 +41,83 @@ log = logging.getLogger(__name__)
 #: "postprocessing", "resampling"; fraction in 0..1 of that stage.
 ProgressCallback = Callable[[str, float], None]
 
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "float32", "bfloat16")
-#: ``auto``: channels-last (NDHWC) on the CPU, where oneDNN is faster with it; ``contiguous``: NCDHW.
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
-
-#: Image axes -> tensor axes of the (N, C, z, y, x) network input.
+#: Image axes -> axes of the (1, C, z, y, x) network input.
 FLIP_AXES = {"z": 2, "y": 3, "x": 4}
-#: ``quality`` -> (sliding-window overlap, None = the model's; whether to add the model's test-time flips).
-#: ``fast``: one pass, less overlap; ``standard``: the model's overlap, plus a pass flipped along each
-#: combination of the axes the model declares (``inference.test_time_flips``; the default model: x,
-#: left-right, so 2 passes); ``best``: as standard with denser windows (overlap 0.75).
-QUALITY_SETTINGS: Dict[str, Tuple[Optional[float], bool]] = {
-    "fast": (0.25, False),
-    "standard": (None, True),
-    "best": (0.75, True),
-}
+#: ``quality`` -> where the model's test-time flips run: None (no flipped pass), "crop" (a box
+#: around the gland found by the first pass, plus :data:`CROP_MARGIN_ZYX`) or "full" (the grid).
+QUALITY_SETTINGS: Dict[str, Optional[str]] = {"fast": None, "standard": "crop", "best": "full"}
 QUALITIES = tuple(QUALITY_SETTINGS)
+#: ``windows``: "grid" runs the whole model grid per call (tiled only past the runtime's limit);
+#: "patch" runs the model's training patch with its overlap, as UNetSegment did before 0.2.
+WINDOW_MODES = ("grid", "patch")
+#: Context kept around the first pass's gland for the flipped passes, in model-grid voxels (z, y, x).
+CROP_MARGIN_ZYX = (2, 16, 16)
+#: Smallest crop for the flipped passes, as a fraction of the training patch per axis: the crop is
+#: widened (within the grid) to at least this much real image, so the network sees the context
+#: it was trained with rather than padding.
+CROP_MIN_FRACTION_ZYX = (1.0, 0.75, 0.75)
+#: In-plane size of the first pass's field of view, as a fraction of the training patch (see
+#: :meth:`Predictor.centre_box`).
+FIRST_PASS_FRACTION_YX = 1.0
+#: How far (z, y, x voxels) the first pass's box grows beyond the gland it found at the box's edge,
+#: and the largest box (fraction of the grid) worth running instead of the whole grid.
+GROW_MARGIN_ZYX = (4, 40, 40)
+GROW_LIMIT = 0.7
+#: Overlap of the tiles when a grid is larger than one window.
+TILE_OVERLAP = 0.25
 
-
-class CancelledError(Exception):
-    """Raised inside ``predict`` when the ``should_cancel`` callback returns True."""
+__all__ = [
+    "BACKENDS",
+    "DEVICES",
+    "PRECISIONS",
+    "QUALITIES",
+    "CancelledError",
+    "Prediction",
+    "Predictor",
+    "label_volumes_ml",
+]
 
 
 @dataclass
 class Prediction:
-    """Result of one ``Predictor.predict`` call."""
+    """Result of one ``Predictor.predict`` call.
+
+    ``probabilities``: the averaged softmax, float32 ``(K, z, y, x)`` on the model grid (K =
+    background + one per label value); ``grid`` maps model-grid arrays back to the input.
+    """
 
     labelmap: sitk.Image
     volumes_ml: Dict[str, float]
     timings_s: Dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
+    backend: str = "onnxruntime"
+    probabilities: Optional[np.ndarray] = None
+    grid: Optional[ModelGrid] = None
+    #: voxels the network computed, over all passes, and the model grid's voxels
+    computed_voxels: int = 0
+    grid_voxels: int = 0
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA if available, else CPU; ``cuda`` without CUDA is an error."""
-    if device not in DEVICES and not device.startswith("cuda:"):
-        raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("a GPU (CUDA) was requested but PyTorch sees none; use --device cpu")
-    return torch.device(device)
+def _round_up(n: int, multiple: int) -> int:
+    return int(math.ceil(n / multiple) * multiple)
 
 
-def cpu_supports_bf16() -> bool:
-    """True where oneDNN has native bf16 kernels (AVX-512 BF16 / AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:  # noqa: BLE001 - private op; absent on some builds
-        return False
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over axis 1 of ``(1, K, ...)`` logits, float32."""
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    e /= e.sum(axis=1, keepdims=True)
+    return e
 
 
 class Predictor:
     """Segments images with one model package; build once, call :meth:`predict` many times.
 
-    ``precision``: ``auto`` uses bf16 autocast on CUDA and on CPUs with native
-    bf16, float32 elsewhere. ``quality`` (:data:`QUALITY_SETTINGS`) sets the window
-    overlap and the test-time flips, whose softmax outputs are averaged; ``overlap``
-    overrides the quality's. ``memory_format``: see :data:`MEMORY_FORMATS`
-    (``contiguous`` is the NCDHW baseline of ``benchmarks/bench_cpu_options.py``).
+    ``backend`` / ``device`` / ``precision`` choose the runtime (:func:`.runtime.create_runtime`;
+    ``auto``: ONNX Runtime on the CPU, PyTorch on a GPU). ``quality``
+    (:data:`QUALITY_SETTINGS`) sets the test-time flips. ``windows`` (:data:`WINDOW_MODES`)
+    and ``overlap`` (``patch`` windows only; default the model's) select the older tiling.
+    ``memory_format`` is passed to the torch runtime (``contiguous``: the NCDHW baseline of
+    ``benchmarks/bench_cpu_options.py``).
     """
 
     def __init__(
@@ -107,54 +129,46 @@ class Predictor:
         overlap: Optional[float] = None,
         threads: Optional[int] = None,
         memory_format: str = "auto",
+        backend: str = "auto",
+        windows: str = "grid",
+        runtime: Optional[Runtime] = None,
     ) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}")
-        if memory_format not in MEMORY_FORMATS:
-            raise ValueError(f"memory_format must be one of {MEMORY_FORMATS}")
-        self.memory_format = memory_format
-        self.package = package
-        self.info = package.info
         if quality not in QUALITY_SETTINGS:
             raise ValueError(f"quality must be one of {QUALITIES}, not {quality!r}")
+        if windows not in WINDOW_MODES:
+            raise ValueError(f"windows must be one of {WINDOW_MODES}, not {windows!r}")
+        self.package = package
+        self.info = package.info
         self.quality = quality
-        quality_overlap, with_flips = QUALITY_SETTINGS[quality]
-        #: flipped passes besides the plain one, as tensor axes: every combination of the model's axes
+        self.windows = windows
+        self.flip_region = QUALITY_SETTINGS[quality]
+        #: flipped passes besides the plain one, as input axes: every combination of the model's axes
         self.flips: Tuple[Tuple[int, ...], ...] = ()
-        if with_flips:
+        if self.flip_region is not None:
             axes = sorted(FLIP_AXES[a] for a in self.info.inference.test_time_flips)
             self.flips = tuple(c for n in range(1, len(axes) + 1) for c in itertools.combinations(axes, n))
-        if overlap is None:
-            overlap = self.info.inference.overlap if quality_overlap is None else quality_overlap
-        self.overlap = float(overlap)
-        if threads:
-            torch.set_num_threads(int(threads))
-        self.device = resolve_device(device)
-        self._precision = precision
-        self.network = package.build_network()
-        self._to_device(self.device)
+        self.overlap = float(self.info.inference.overlap if overlap is None else overlap)
+        if runtime is None:
+            if memory_format != "auto" and backend in ("auto", "torch"):
+                from .runtime.torch_runtime import TorchRuntime
 
-    def _to_device(self, device: torch.device) -> None:
-        self.device = device
-        net = self.network.to(device)
-        if self._channels_last():
-            net = net.to(memory_format=torch.channels_last_3d)
-        self.network = net
-        if self._precision == "auto":
-            bf16 = device.type == "cuda" or cpu_supports_bf16()
-        else:
-            bf16 = self._precision == "bfloat16"
-        self.dtype = torch.bfloat16 if bf16 else torch.float32
+                runtime = TorchRuntime(package, device, precision, threads, memory_format)
+            else:
+                runtime = create_runtime(package, backend=backend, device=device, precision=precision, threads=threads)
+        self.runtime = runtime
+        arch = self.info.architecture.get("parameters", {})
+        divisor = [1, 1, 1]
+        for pool in arch.get("pool_sizes", ()):
+            divisor = [d * int(p) for d, p in zip(divisor, pool)]
+        self.divisor: Tuple[int, int, int] = (divisor[0], divisor[1], divisor[2])
 
-    def _channels_last(self) -> bool:
-        if self.memory_format == "auto":
-            return self.device.type == "cpu"
-        return self.memory_format == "channels_last"
+    @property
+    def device(self) -> str:
+        return self.runtime.device
 
-    def _autocast(self):
-        if self.dtype == torch.float32:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+    @property
+    def backend(self) -> str:
+        return self.runtime.name
 
     def predict(
         self,
@@ -170,15 +184,22 @@ class Predictor:
         array_zyx, grid = preprocess_image(image, self.info.preprocessing)
         timings["preprocessing"] = time.perf_counter() - t0
         report("preprocessing", 1.0)
+        if should_cancel is not None and should_cancel():
+            raise CancelledError("cancelled")
 
         t0 = time.perf_counter()
         try:
-            labels_zyx = self._segment(array_zyx, report, should_cancel)
-        except torch.cuda.OutOfMemoryError:
-            log.warning("GPU out of memory; running on the CPU instead")
-            torch.cuda.empty_cache()
-            self._to_device(torch.device("cpu"))
-            labels_zyx = self._segment(array_zyx, report, should_cancel)
+            probs, computed = self._probabilities(array_zyx, report, should_cancel)
+        except CancelledError:
+            raise
+        except Exception as e:  # a GPU out of memory: the runtime's CPU fallback, once
+            is_oom = getattr(self.runtime, "is_out_of_memory", None)
+            fallback = self.runtime.fallback() if is_oom is not None and is_oom(e) else None
+            if fallback is None:
+                raise
+            self.runtime = fallback
+            probs, computed = self._probabilities(array_zyx, report, should_cancel)
+        labels_zyx = probs.argmax(0).astype(np.uint8)
         timings["inference"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -186,51 +207,202 @@ class Predictor:
         values = [lab.value for lab in self.info.labels]
         labels_zyx = postprocess_labels(labels_zyx, values)
         timings["postprocessing"] = time.perf_counter() - t0
+        if should_cancel is not None and should_cancel():
+            raise CancelledError("cancelled")
 
         t0 = time.perf_counter()
         report("resampling", 0.0)
         labelmap = grid.labels_to_input(labels_zyx, values)
         timings["resampling"] = time.perf_counter() - t0
         report("resampling", 1.0)
-        return Prediction(labelmap, label_volumes_ml(labelmap, self.info.labels), timings, self.device.type)
+        return Prediction(
+            labelmap,
+            label_volumes_ml(labelmap, self.info.labels),
+            timings,
+            self.runtime.device,
+            self.runtime.name,
+            probs,
+            grid,
+            computed,
+            int(array_zyx.size),
+        )
 
-    @torch.no_grad()
-    def _segment(
-        self, array_zyx: np.ndarray, report: ProgressCallback, should_cancel: Optional[Callable[[], bool]]
-    ) -> np.ndarray:
-        """Model-grid ``(z, y, x)`` float array -> ``(z, y, x)`` uint8 argmax labels."""
+    # -- the passes ----------------------------------------------------------------------------
+
+    def window_for(self, shape_zyx: Sequence[int]) -> Tuple[Tuple[int, int, int], float]:
+        """Window size (z, y, x) and overlap for a region of ``shape_zyx`` model-grid voxels.
+
+        ``grid`` mode: the region rounded up to the network's divisor and to at least the
+        training patch (short axes are padded as in training), in one window when that fits
+        the runtime's limit, else split along its longest axis into tiles that do.
+        """
+        patch = tuple(int(p) for p in self.info.inference.patch_size_zyx)
+        if self.windows == "patch":
+            return (patch[0], patch[1], patch[2]), self.overlap
+        win = [max(_round_up(s, d), p) for s, d, p in zip(shape_zyx, self.divisor, patch)]
+        limit = max(int(self.runtime.max_window_voxels), int(np.prod(patch)))
+        while int(np.prod(win)) > limit:
+            axis = int(np.argmax([w / p for w, p in zip(win, patch)]))
+            smaller = max(_round_up(int(win[axis] * 0.6), self.divisor[axis]), patch[axis])
+            if smaller >= win[axis]:
+                break
+            win[axis] = smaller
+        return (win[0], win[1], win[2]), TILE_OVERLAP
+
+    def _run_region(
+        self,
+        x: np.ndarray,
+        flip: Tuple[int, ...],
+        should_cancel: Optional[Callable[[], bool]],
+        on_window: Callable[[int, int], None],
+    ) -> Tuple[np.ndarray, int]:
+        """Softmax ``(1, K, *x.shape[2:])`` of the network over ``x`` (flipped along ``flip``, and back)."""
+        xi = np.flip(x, flip) if flip else x
+        win, overlap = self.window_for(x.shape[2:])
+        computed = 0
+
+        def network(t: np.ndarray) -> np.ndarray:
+            nonlocal computed
+            computed += int(np.prod(t.shape[2:]))
+            return self.runtime.run(t, should_cancel)
+
+        logits = sliding_window(
+            np.ascontiguousarray(xi),
+            win,
+            network,
+            overlap=overlap,
+            mode=self.info.inference.blend_mode,
+            pad_value=float(x.min()),
+            on_window=on_window,
+            pad_mode="edge" if self.windows == "grid" else "constant",
+        )
+        p = _softmax(logits)
+        return (np.flip(p, flip) if flip else p), computed
+
+    def gland_box(self, labels_zyx: np.ndarray) -> Optional[Tuple[slice, slice, slice]]:
+        """The box the flipped passes run on: the first pass's structures plus :data:`CROP_MARGIN_ZYX`,
+        widened to :data:`CROP_MIN_FRACTION_ZYX` of the patch, clamped to the grid (None: nothing found)."""
+        fg = np.nonzero(labels_zyx)
+        if fg[0].size == 0:
+            return None
         patch = self.info.inference.patch_size_zyx
-        flips: List[Tuple[int, ...]] = [(), *self.flips]
-        per_pass = window_count(array_zyx.shape, patch, self.overlap)
-        total = per_pass * len(flips)
-        done = 0
+        box = []
+        for axis, n in enumerate(labels_zyx.shape):
+            lo = int(fg[axis].min()) - CROP_MARGIN_ZYX[axis]
+            hi = int(fg[axis].max()) + 1 + CROP_MARGIN_ZYX[axis]
+            need = min(_round_up(int(round(patch[axis] * CROP_MIN_FRACTION_ZYX[axis])), self.divisor[axis]), n)
+            if hi - lo < need:  # widen around the centre
+                lo -= (need - (hi - lo)) // 2
+                hi = lo + need
+            shift = max(0, -lo) - max(0, hi - n)  # slide back inside the grid
+            lo, hi = max(lo + shift, 0), min(hi + shift, n)
+            box.append(slice(lo, hi))
+        return (box[0], box[1], box[2])
+
+    def centre_box(self, shape_zyx: Sequence[int]) -> Tuple[slice, slice, slice]:
+        """Where the first pass looks: every slice, and :data:`FIRST_PASS_FRACTION_YX` of the training
+        patch in-plane around the grid's centre (prostate protocols centre the field of view on it)."""
+        patch = self.info.inference.patch_size_zyx
+        box = [slice(0, shape_zyx[0])]
+        for axis in (1, 2):
+            n = shape_zyx[axis]
+            need = min(_round_up(int(round(patch[axis] * FIRST_PASS_FRACTION_YX)), self.divisor[axis]), n)
+            lo = (n - need) // 2
+            box.append(slice(lo, lo + need))
+        return (box[0], box[1], box[2])
+
+    def _contained(self, labels_zyx: np.ndarray, box: Tuple[slice, ...], shape_zyx: Sequence[int]) -> bool:
+        """The structures found in ``box`` keep :data:`CROP_MARGIN_ZYX` from every side of it that is
+        not the grid's own border (else the gland may go on outside the box)."""
+        fg = np.nonzero(labels_zyx)
+        if fg[0].size == 0:
+            return False
+        for axis, s in enumerate(box):
+            m = CROP_MARGIN_ZYX[axis]
+            lo, hi = int(fg[axis].min()) + s.start, int(fg[axis].max()) + 1 + s.start
+            if (s.start > 0 and lo - s.start < m) or (s.stop < shape_zyx[axis] and s.stop - hi < m):
+                return False
+        return True
+
+    def _first_pass_near_centre(
+        self, x: np.ndarray, should_cancel: Optional[Callable[[], bool]], on_window: Callable[[int, int], None]
+    ) -> Tuple[Optional[np.ndarray], int]:
+        """The first pass on :meth:`centre_box`, grown once towards where the gland continues.
+
+        Returns the softmax on the whole grid (background outside the box) when the gland lies
+        well inside the box (see :meth:`_contained`), else ``(None, voxels computed)``: then the
+        caller runs the whole grid. A box that would cover most of the grid is not worth it.
+        """
+        shape = tuple(int(s) for s in x.shape[2:])
+        grid_voxels = int(np.prod(shape))
+        box = self.centre_box(shape)
+        computed = 0
+        for _attempt in range(2):
+            if int(np.prod([s.stop - s.start for s in box])) > GROW_LIMIT * grid_voxels:
+                return None, computed
+            p, n = self._run_region(x[(slice(None), slice(None)) + box], (), should_cancel, on_window)
+            computed += n
+            labels = largest_component(p[0].argmax(0) > 0)  # what post-processing will keep
+            if self._contained(labels, box, shape):
+                probs = np.zeros((1, p.shape[1]) + shape, dtype=np.float32)
+                probs[:, 0] = 1.0  # not computed: background
+                probs[(slice(None), slice(None)) + box] = p
+                return probs, computed
+            fg = np.nonzero(labels)
+            if fg[0].size == 0:
+                return None, computed  # nothing near the centre: look everywhere
+            grown = []
+            for axis, s in enumerate(box):
+                lo = min(s.start, int(fg[axis].min()) + s.start - GROW_MARGIN_ZYX[axis])
+                hi = max(s.stop, int(fg[axis].max()) + 1 + s.start + GROW_MARGIN_ZYX[axis])
+                grown.append(slice(max(lo, 0), min(hi, shape[axis])))
+            log.debug("gland reaches the edge of the first pass's box %s; growing it to %s", box, grown)
+            box = (grown[0], grown[1], grown[2])
+        return None, computed
+
+    def _probabilities(
+        self, array_zyx: np.ndarray, report: ProgressCallback, should_cancel: Optional[Callable[[], bool]]
+    ) -> Tuple[np.ndarray, int]:
+        """Model-grid ``(z, y, x)`` float array -> averaged softmax ``(K, z, y, x)`` and voxels computed.
+
+        ``grid`` windows: the first pass looks at the centre of the grid (:meth:`centre_box`) and
+        at the whole grid only when the gland is not found there well inside; voxels that no pass
+        computed are background with probability 1. The flipped passes then run around the gland
+        (``standard``) or over the whole grid (``best``) and are averaged with the first.
+        """
+        x = np.ascontiguousarray(array_zyx, dtype=np.float32)[None, None]
+        passes = 1 + len(self.flips)
+        share = 1.0 / passes if self.flip_region == "full" else (0.6 if self.flips else 1.0)
         report("inference", 0.0)
 
-        def network(x: torch.Tensor) -> torch.Tensor:
-            nonlocal done
-            if should_cancel is not None and should_cancel():
-                raise CancelledError("cancelled")
-            if self._channels_last():
-                x = x.contiguous(memory_format=torch.channels_last_3d)
-            with self._autocast():
-                y = self.network(x)
-            done += x.shape[0]
-            report("inference", min(done / total, 1.0))
-            return y.float()
+        def progress(start: float, width: float) -> Callable[[int, int], None]:
+            return lambda done, total: report("inference", min(start + width * done / total, 1.0))
 
-        x = torch.from_numpy(np.ascontiguousarray(array_zyx))[None, None].to(self.device)
-        probs: Optional[torch.Tensor] = None
-        for axes in flips:
-            xi = torch.flip(x, axes) if axes else x
-            logits = sliding_window(
-                xi, patch, network, overlap=self.overlap, mode=self.info.inference.blend_mode, pad_value=float(x.min())
-            )
-            p = torch.softmax(logits, dim=1)
-            p = torch.flip(p, axes) if axes else p
-            probs = p if probs is None else probs + p
-            del logits
-        assert probs is not None
-        return probs[0].argmax(0).to(torch.uint8).cpu().numpy()
+        full: Tuple[slice, ...] = (slice(None),) * 3
+        computed = 0
+        probs: Optional[np.ndarray] = None
+        if self.windows == "grid" and self.flip_region != "full":
+            probs, computed = self._first_pass_near_centre(x, should_cancel, progress(0.0, share))
+        if probs is None:
+            probs, n = self._run_region(x, (), should_cancel, progress(0.0, share))
+            computed += n
+        if not self.flips:
+            return probs[0], computed
+
+        region = full
+        if self.flip_region == "crop" and self.windows == "grid":
+            box = self.gland_box(largest_component(probs[0].argmax(0) > 0))
+            if box is not None:
+                region = box
+        sub = x[(slice(None), slice(None)) + region]
+        total = probs[(slice(None), slice(None)) + region].copy()
+        width = (1.0 - share) / len(self.flips)
+        for i, flip in enumerate(self.flips):
+            p, n = self._run_region(sub, flip, should_cancel, progress(share + i * width, width))
+            total += p
+            computed += n
+        probs[(slice(None), slice(None)) + region] = total / passes
+        return probs[0], computed
 
 
 def label_volumes_ml(labelmap: sitk.Image, labels: Sequence) -> Dict[str, float]:
@@ -238,3 +410,13 @@ def label_volumes_ml(labelmap: sitk.Image, labels: Sequence) -> Dict[str, float]
     counts = np.bincount(sitk.GetArrayViewFromImage(labelmap).ravel(), minlength=256)
     voxel_ml = float(np.prod(labelmap.GetSpacing())) / 1000.0
     return {lab.structure.name: float(counts[lab.value] * voxel_ml) for lab in labels}
+
+
+def passes_summary(predictor: Predictor, shape_zyx: Sequence[int]) -> List[str]:
+    """Human-readable plan of the passes for a model grid (for logs and benchmarks)."""
+    win, overlap = predictor.window_for(shape_zyx)
+    n = window_count(shape_zyx, win, overlap)
+    out = [f"pass 1: {n} window(s) of {win[0]}x{win[1]}x{win[2]} over the {'x'.join(map(str, shape_zyx))} grid"]
+    for flip in predictor.flips:
+        out.append(f"flipped pass along axes {flip}: over the {predictor.flip_region or 'full'} region")
+    return out

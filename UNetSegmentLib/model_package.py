@@ -2,8 +2,10 @@
 
 A package folder holds::
 
-    model.json          id, version, architecture, preprocessing, labels, training, licence, weights sha256
-    weights.safetensors network weights (safetensors: loading cannot run code)
+    model.json          id, version, architecture, preprocessing, labels, training, licence, sha256 of
+                        the weights and of the ONNX network
+    weights.safetensors network weights (safetensors: loading cannot run code); PyTorch reads them
+    model.onnx          the same network exported to ONNX (optional); ONNX Runtime runs it on the CPU
     README.md           optional model card
     report/             optional evaluation report
 
@@ -36,6 +38,7 @@ ZIP_TIMESTAMP = (1980, 1, 1, 0, 0, 0)
 FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
+ONNX_FILE = "model.onnx"
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _SEMVER_RE = re.compile(r"^\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")
 
@@ -137,6 +140,9 @@ class ModelInfo:
     training: Dict[str, Any] = field(default_factory=dict)
     license: Dict[str, Any] = field(default_factory=dict)
     weights_sha256: str = ""
+    #: sha256 of ``model.onnx``; empty when the package has no ONNX network
+    onnx_sha256: str = ""
+    onnx_opset: int = 0
 
     def __post_init__(self) -> None:
         if not _ID_RE.match(self.id):
@@ -171,6 +177,11 @@ class ModelInfo:
             "training": self.training,
             "license": self.license,
             "weights": {"file": WEIGHTS_FILE, "sha256": self.weights_sha256},
+            **(
+                {"onnx": {"file": ONNX_FILE, "sha256": self.onnx_sha256, "opset": self.onnx_opset}}
+                if self.onnx_sha256
+                else {}
+            ),
         }
 
     @classmethod
@@ -194,6 +205,8 @@ class ModelInfo:
                 training=dict(d.get("training", {})),
                 license=dict(d.get("license", {})),
                 weights_sha256=str(d.get("weights", {}).get("sha256", "")),
+                onnx_sha256=str(d.get("onnx", {}).get("sha256", "")),
+                onnx_opset=int(d.get("onnx", {}).get("opset", 0)),
             )
         except ModelPackageError:
             raise
@@ -212,6 +225,32 @@ class ModelPackage:
     def weights_path(self) -> Path:
         return self.path / WEIGHTS_FILE
 
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / ONNX_FILE
+
+    @property
+    def has_onnx(self) -> bool:
+        """The package carries an ONNX network (listed in ``model.json`` and present)."""
+        return bool(self.info.onnx_sha256) and self.onnx_path.is_file()
+
+    def read_onnx(self) -> bytes:
+        """The bytes of ``model.onnx``, checked against ``model.json``'s sha256 (read once, so what
+        is checked is what runs)."""
+        if not self.info.onnx_sha256:
+            raise ModelPackageError(f"model package {self.path} has no ONNX network")
+        try:
+            data = self.onnx_path.read_bytes()
+        except OSError as e:
+            raise ModelPackageError(f"cannot read {self.onnx_path}: {e.strerror or e}") from e
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != self.info.onnx_sha256:
+            raise ModelPackageError(
+                f"ONNX network {self.onnx_path} fails its checksum (sha256 {actual[:12]}..., "
+                f"expected {self.info.onnx_sha256[:12]}...)"
+            )
+        return data
+
     @classmethod
     def load(cls, path: Union[str, Path], verify: bool = True) -> ModelPackage:
         """Read ``model.json``; with ``verify`` also check the weights' sha256."""
@@ -226,12 +265,15 @@ class ModelPackage:
         pkg = cls(path, ModelInfo.from_dict(d))
         if not pkg.weights_path.is_file():
             raise ModelPackageError(f"model package {path} has no {WEIGHTS_FILE}")
+        if pkg.info.onnx_sha256 and not pkg.onnx_path.is_file():
+            raise ModelPackageError(f"model package {path} lists {ONNX_FILE} in {MODEL_JSON} but has no such file")
         if verify:
             pkg.verify()
         return pkg
 
     def verify(self) -> None:
-        """Raise :class:`ModelPackageError` unless the weights match ``model.json``'s sha256."""
+        """Raise :class:`ModelPackageError` unless the weights (and the ONNX network, where the package
+        has one) match ``model.json``'s sha256."""
         expected = self.info.weights_sha256
         if not expected:
             raise ModelPackageError(f"model package {self.path} has no weights sha256 in {MODEL_JSON}")
@@ -240,6 +282,8 @@ class ModelPackage:
             raise ModelPackageError(
                 f"model weights {self.weights_path} fail their checksum (sha256 {actual[:12]}..., expected {expected[:12]}...)"
             )
+        if self.info.onnx_sha256:
+            self.read_onnx()
 
     def build_network(self):  # -> torch.nn.Module
         """The network described by ``architecture``, with the package's weights loaded (on CPU)."""
@@ -274,11 +318,15 @@ class ModelPackage:
         info: ModelInfo,
         state_dict: Dict[str, Any],
         extra_files: Optional[Dict[str, Union[str, Path]]] = None,
+        onnx: bool = True,
+        weights_from: Optional[Union[str, Path]] = None,
     ) -> ModelPackage:
-        """Write a package: weights (safetensors), then ``model.json`` with their sha256.
+        """Write a package: weights (safetensors), the ONNX network exported from them (``onnx``),
+        then ``model.json`` with their sha256.
 
         ``extra_files`` maps names inside the package to files to copy (model
-        card, report figures).
+        card, report figures). ``weights_from``: copy this safetensors file byte for byte
+        instead of serialising ``state_dict`` (re-packaging released weights unchanged).
         """
         import shutil
 
@@ -289,9 +337,20 @@ class ModelPackage:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
         # one metadata entry: safetensors writes its metadata map in hash order, so with several the
         # bytes (and the sha256) of the same weights would change from one export to the next
-        save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"model": f"{info.id} {info.version}"})
+        if weights_from is not None:
+            shutil.copyfile(weights_from, folder / WEIGHTS_FILE)
+        else:
+            save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"model": f"{info.id} {info.version}"})
         digest = sha256_file(folder / WEIGHTS_FILE)
-        info = ModelInfo(**{**info.__dict__, "weights_sha256": digest})
+        info = ModelInfo(**{**info.__dict__, "weights_sha256": digest, "onnx_sha256": "", "onnx_opset": 0})
+        if onnx:
+            from .onnx_export import OPSET, export_onnx
+
+            pkg = ModelPackage(folder, info)
+            export_onnx(pkg.build_network(), folder / ONNX_FILE)
+            info = ModelInfo(**{**info.__dict__, "onnx_sha256": sha256_file(folder / ONNX_FILE), "onnx_opset": OPSET})
+        elif (folder / ONNX_FILE).exists():
+            (folder / ONNX_FILE).unlink()  # an ONNX of other weights must not stay beside these
         for name, src in (extra_files or {}).items():
             dst = folder / name
             dst.parent.mkdir(parents=True, exist_ok=True)

@@ -119,9 +119,30 @@ class ModelGrid:
             better = res > best
             out[better] = v
             best[better] = res[better]
+        _keep_largest_components(out, values)
         img = sitk.GetImageFromArray(out)
         img.CopyInformation(ref)
         return img
+
+
+def _keep_largest_components(labels_zyx: np.ndarray, values: Sequence[int]) -> None:
+    """In place: each label keeps only its largest 26-connected component.
+
+    One connected structure on the model grid can come apart on a finer input grid where a
+    bridge one model voxel thin falls below the 0.5 threshold; the fragments are dropped so
+    that every structure is one piece on the grid the user sees too.
+    """
+    from scipy import ndimage
+
+    for v in values:
+        mask = labels_zyx == v
+        if not mask.any():
+            continue
+        lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+        if n > 1:
+            sizes = np.bincount(lab.ravel())
+            sizes[0] = 0
+            labels_zyx[(lab != 0) & (lab != int(sizes.argmax()))] = 0
 
 
 def _empty_like(img: sitk.Image) -> sitk.Image:

@@ -18,12 +18,12 @@ about two seconds, out of the segmentation path.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator, List, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
-import torch
-import torch.nn.functional as F
+import numpy as np
 
 BLEND_MODES = ("gaussian", "constant")
+PAD_MODES = ("constant", "edge")
 #: Gaussian sigma as a fraction of the patch size along each axis.
 SIGMA_SCALE = 0.125
 #: Smallest blending weight, so that voxels covered only by window edges still count.
@@ -63,63 +63,79 @@ def windows(shape: Sequence[int], patch: Sequence[int], overlap: float) -> Itera
     return rec(0, ())
 
 
-def blending_weights(
-    patch: Sequence[int], mode: str = "gaussian", device: torch.device | str = "cpu", dtype=torch.float32
-) -> torch.Tensor:
-    """Per-voxel weight of a window's output: a separable Gaussian (peak 1) or ones."""
+def blending_weights(patch: Sequence[int], mode: str = "gaussian") -> np.ndarray:
+    """Per-voxel float32 weight of a window's output: a separable Gaussian (peak 1) or ones."""
     if mode not in BLEND_MODES:
         raise ValueError(f"blend mode must be one of {BLEND_MODES}, not {mode!r}")
     if mode == "constant":
-        return torch.ones(tuple(patch), device=device, dtype=dtype)
-    weights = torch.ones((), dtype=torch.float32, device=device)
+        return np.ones(tuple(patch), dtype=np.float32)
+    weights = np.ones((), dtype=np.float32)
     for p in patch:
-        offset = torch.arange(p, dtype=torch.float32, device=device) - (p - 1) / 2.0
-        sigma = SIGMA_SCALE * p
-        profile = torch.exp(-(offset**2) / (2.0 * sigma**2))
-        weights = weights.unsqueeze(-1) * profile
+        offset = np.arange(p, dtype=np.float32) - np.float32((p - 1) / 2.0)
+        sigma = np.float32(SIGMA_SCALE * p)
+        profile = np.exp(-(offset**2) / (np.float32(2.0) * sigma**2)).astype(np.float32)
+        weights = weights[..., None] * profile
     floor = max(float(weights.min()), MIN_WEIGHT)
-    return weights.clamp(min=floor).to(dtype)
+    return np.maximum(weights, np.float32(floor)).astype(np.float32)
 
 
 def sliding_window(
-    x: torch.Tensor,
+    x: np.ndarray,
     patch: Sequence[int],
-    network: Callable[[torch.Tensor], torch.Tensor],
+    network: Callable[[np.ndarray], np.ndarray],
     overlap: float = 0.5,
     mode: str = "gaussian",
     pad_value: float = 0.0,
-) -> torch.Tensor:
+    on_window: Optional[Callable[[int, int], None]] = None,
+    pad_mode: str = "constant",
+) -> np.ndarray:
     """Run ``network`` over ``x`` (``(1, C, *spatial)``) window by window; returns the blended output.
 
-    ``network`` maps a ``(1, C, *patch)`` window to ``(1, K, *patch)`` (float32); the result is
-    ``(1, K, *spatial)`` float32 on ``x``'s device. Windows are run one at a time, in C order.
+    ``network`` maps a ``(1, C, *patch)`` float32 window to ``(1, K, *patch)`` float32; the
+    result is ``(1, K, *spatial)`` float32. Windows are run one at a time, in C order;
+    ``on_window(done, total)`` is called after each. A single window covering the whole
+    (padded) input is returned as the network gave it: dividing by its own weights is exact.
+    Axes shorter than the patch are padded with ``pad_value`` (``pad_mode="constant"``, as
+    MONAI) or by repeating the edge voxels (``"edge"``: no artificial dark slab above the
+    top slice or below the bottom one).
     """
-    if x.dim() != len(patch) + 2 or x.shape[0] != 1:
-        raise ValueError(f"expected a (1, C, {len(patch)} spatial axes) tensor, got shape {tuple(x.shape)}")
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"pad mode must be one of {PAD_MODES}, not {pad_mode!r}")
+    if x.ndim != len(patch) + 2 or x.shape[0] != 1:
+        raise ValueError(f"expected a (1, C, {len(patch)} spatial axes) array, got shape {tuple(x.shape)}")
     spatial = list(x.shape[2:])
     patch = [int(p) for p in patch]
     before = [max(p - s, 0) // 2 for s, p in zip(spatial, patch)]
     after = [max(p - s, 0) - b for s, p, b in zip(spatial, patch, before)]
     if any(before) or any(after):
-        pads: List[int] = []
-        for b, a in zip(reversed(before), reversed(after)):  # F.pad takes the last axis first
-            pads += [b, a]
-        x = F.pad(x, pads, mode="constant", value=pad_value)
+        pads = [(0, 0), (0, 0)] + list(zip(before, after))
+        if pad_mode == "edge":
+            x = np.pad(x, pads, mode="edge")
+        else:
+            x = np.pad(x, pads, mode="constant", constant_values=np.float32(pad_value))
     padded = list(x.shape[2:])
-
-    weights = blending_weights(patch, mode, device=x.device)
-    weight_sum = torch.zeros(padded, dtype=torch.float32, device=x.device)
+    crop = (slice(None), slice(None)) + tuple(slice(b, b + s) for b, s in zip(before, spatial))
     tiles = list(windows(padded, patch, overlap))
+
+    if len(tiles) == 1:
+        out = np.asarray(network(np.ascontiguousarray(x)), dtype=np.float32)
+        if on_window is not None:
+            on_window(1, 1)
+        return out[crop]
+
+    weights = blending_weights(patch, mode)
+    weight_sum = np.zeros(padded, dtype=np.float32)
     for tile in tiles:
         weight_sum[tile] += weights
 
-    out: torch.Tensor | None = None
-    for tile in tiles:
-        y = network(x[(slice(None), slice(None)) + tile])
-        if out is None:
-            out = torch.zeros([1, y.shape[1]] + padded, dtype=torch.float32, device=x.device)
-        out[(slice(None), slice(None)) + tile] += y.to(torch.float32) * weights
-    assert out is not None
-    out /= weight_sum
-    crop = tuple(slice(b, b + s) for b, s in zip(before, spatial))
-    return out[(slice(None), slice(None)) + crop]
+    out_acc: Optional[np.ndarray] = None
+    for i, tile in enumerate(tiles):
+        y = np.asarray(network(np.ascontiguousarray(x[(slice(None), slice(None)) + tile])), dtype=np.float32)
+        if out_acc is None:
+            out_acc = np.zeros([1, y.shape[1]] + padded, dtype=np.float32)
+        out_acc[(slice(None), slice(None)) + tile] += y * weights
+        if on_window is not None:
+            on_window(i + 1, len(tiles))
+    assert out_acc is not None
+    out_acc /= weight_sum
+    return out_acc[crop]

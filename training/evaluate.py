@@ -60,7 +60,8 @@ import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
 from training.data import Case  # noqa: E402
-from UNetSegmentLib.cli import QUALITIES  # noqa: E402
+from UNetSegmentLib.inference import QUALITIES, WINDOW_MODES  # noqa: E402
+from UNetSegmentLib.runtime import BACKENDS, RuntimeUnavailable  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +339,8 @@ def evaluate(
     quality: str = "standard",
     save_predictions: bool = False,
     description: str = "",
+    backend: str = "auto",
+    windows: str = "grid",
 ) -> List[Dict[str, Any]]:
     """Evaluate ``package`` (a :class:`ModelPackage` or its folder) on labelled ``cases``.
 
@@ -361,7 +364,7 @@ def evaluate(
         if save_predictions:
             pred_dir = out / "predictions"
             pred_dir.mkdir(exist_ok=True)
-    predictor = Predictor(package, device=device, quality=quality)
+    predictor = Predictor(package, device=device, quality=quality, backend=backend, windows=windows)
     rows: List[Dict[str, Any]] = []
     for case in tqdm(cases, desc="evaluating", unit="case", disable=None):
         rows.extend(evaluate_case(predictor, case, pred_dir))
@@ -376,6 +379,7 @@ def evaluate(
         }
         summary["data"] = description
         summary["quality"] = quality
+        summary["runtime"] = {"backend": predictor.backend, "device": predictor.device, "windows": windows}
         (out / "summary.json").write_text(
             json.dumps(summary, indent=2, allow_nan=False, default=_json_default) + "\n", encoding="utf-8"
         )
@@ -480,6 +484,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=QUALITIES,
         help="as unetsegment segment's --quality (default standard, the command's default)",
     )
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help="as unetsegment segment's --backend")
+    p.add_argument(
+        "--windows",
+        default="grid",
+        choices=WINDOW_MODES,
+        help="grid: the whole model grid per pass (the default engine); patch: the model's training patch "
+        "with overlap, as UNetSegment did before 0.2 (the baseline of the engine's Dice guard)",
+    )
     p.add_argument("--save-predictions", action="store_true", help="write predictions/<case_id>.nii.gz")
     return p.parse_args(argv)
 
@@ -503,8 +515,27 @@ def main(argv=None) -> int:
             description = f"{args.data} ({args.split or 'default split'})"
         else:
             raise ValueError("give --data, or --image with --label")
-        rows = evaluate(args.model, cases, args.output, args.device, args.quality, args.save_predictions, description)
-    except (OSError, ValueError, KeyError, ConfigError, ModelPackageError, ImageReadError, RuntimeError) as e:
+        rows = evaluate(
+            args.model,
+            cases,
+            args.output,
+            args.device,
+            args.quality,
+            args.save_predictions,
+            description,
+            backend=args.backend,
+            windows=args.windows,
+        )
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        ConfigError,
+        ModelPackageError,
+        ImageReadError,
+        RuntimeError,
+        RuntimeUnavailable,
+    ) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"evaluate.py: {msg}", file=sys.stderr)
         return 1

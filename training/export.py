@@ -1,7 +1,8 @@
 """Turn a training run into a model package: ``python training/export.py RUN_DIR OUT_DIR``.
 
 Reads the run's ``config.yaml``, ``best.pt``, ``summary.json`` and
-``split.csv``; writes ``OUT_DIR`` (weights.safetensors + model.json) and, with
+``split.csv``; writes ``OUT_DIR`` (weights.safetensors, model.onnx exported from them, and
+model.json with both sha256) and, with
 ``--zip``, ``OUT_DIR.zip`` plus a catalogue entry (JSON) with its sha256;
 ``--catalogue FILE`` also puts that entry into a catalogue file, beside the
 model's other versions (an entry of the same version is replaced). ``--checkpoint last.pt`` exports the end of the
@@ -115,6 +116,33 @@ def export_run(
     return ModelPackage.write(out_dir, info, state["model"], extra_files=extra_files)
 
 
+def repackage(source: Path, out_dir: Path, version: Optional[str] = None):
+    """Write the package at ``source`` again into ``out_dir`` (weights, model card and files kept),
+    adding the ONNX network exported from its weights; ``version`` replaces its version.
+
+    This is how a released package gains ``model.onnx`` without retraining: the weights and
+    their sha256 stay identical, so its evaluation still describes it.
+    """
+    from safetensors.torch import load_file
+
+    from UNetSegmentLib.model_package import MODEL_JSON, ONNX_FILE, WEIGHTS_FILE, ModelInfo, ModelPackage
+
+    source, out_dir = Path(source), Path(out_dir)
+    src = ModelPackage.load(source)
+    if out_dir.resolve() == source.resolve():
+        raise ValueError("repackage writes a new folder; give an output other than the source")
+    info = src.info if version is None else ModelInfo(**{**src.info.__dict__, "version": version})
+    keep = {MODEL_JSON, WEIGHTS_FILE, ONNX_FILE}
+    extra = {f.relative_to(source).as_posix(): f for f in sorted(source.rglob("*")) if f.is_file()}
+    extra = {name: f for name, f in extra.items() if name not in keep}
+    pkg = ModelPackage.write(
+        out_dir, info, load_file(str(src.weights_path)), extra_files=extra, weights_from=src.weights_path
+    )
+    if pkg.info.weights_sha256 != src.info.weights_sha256:
+        raise ValueError("the repackaged weights differ from the source's (safetensors metadata changed?)")
+    return pkg
+
+
 def catalogue_entry(zip_path: Path, package, url: str) -> Dict[str, Any]:
     """A catalogue record for a zipped package: where to download it and how to check it."""
     from UNetSegmentLib.model_package import sha256_file
@@ -186,8 +214,13 @@ def update_catalogue(catalogue: Path, entry: Dict[str, Any]) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Export a training run as a UNetSegment model package.")
-    p.add_argument("run_dir", type=Path)
+    p.add_argument("run_dir", type=Path, help="training run folder (or, with --repackage, a model package folder)")
     p.add_argument("out_dir", type=Path)
+    p.add_argument(
+        "--repackage",
+        action="store_true",
+        help="RUN_DIR is a model package: write it again with its ONNX network (weights unchanged), e.g. with --version",
+    )
     p.add_argument("--metrics", type=Path, help="JSON of evaluation metrics to record in model.json")
     p.add_argument(
         "--eval",
@@ -230,9 +263,12 @@ def main(argv=None) -> int:
             if not path.is_file():
                 raise FileNotFoundError(f"--add {item}: {path} is not a file")
             extra[name if sep else path.name] = path
-        pkg = export_run(
-            args.run_dir, args.out_dir, metrics, checkpoint=args.checkpoint, extra_files=extra, version=args.version
-        )
+        if args.repackage:
+            pkg = repackage(args.run_dir, args.out_dir, version=args.version)
+        else:
+            pkg = export_run(
+                args.run_dir, args.out_dir, metrics, checkpoint=args.checkpoint, extra_files=extra, version=args.version
+            )
         print(f"model package: {pkg.path} (sha256 of weights {pkg.info.weights_sha256[:12]}...)")
         if args.zip or args.catalogue:
             z = pkg.to_zip(args.out_dir.with_suffix(".zip"))

@@ -1,23 +1,26 @@
-"""A stand-in of the parts of 3D Slicer's Python API that the UNetSegment module uses.
+"""Slicer's real core (``slicer-core`` from PyPI) with stand-ins for the Qt side only.
 
-3D Slicer cannot be installed where the tests run, so this package provides
-modules named ``slicer``, ``slicer.util``, ``slicer.ScriptedLoadableModule``,
-``slicer.parameterNodeWrapper``, ``slicer.i18n``, ``qt`` and ``ctk`` with the
-signatures and semantics of the real ones (Slicer 5.8 - 5.12), small enough to
-read. VTK is the real ``vtk`` package: image data, matrices and commands are
-real VTK objects, as in Slicer.
+``import slicer`` is the real package: the MRML scene and nodes, transforms,
+``vtkSlicerVolumesLogic`` (Slicer's NRRD/NIfTI/DICOM reading and writing,
+with its RAS/LPS and handedness rules), ``vtkSlicerSegmentationsModuleLogic``
+(binary labelmap and closed surface), the terminologies logic, the subject
+hierarchy, and Slicer's own ``slicer.util``.
 
-What it models faithfully: node IDs and references, scene add/remove and its
-events, singleton parameter nodes, IJK-to-RAS geometry of volumes (numpy
-arrays in k, j, i order), reading and writing volumes as NRRD with the RAS/LPS
-flip that Slicer's IO does, segmentations with segments, tags, shared
-labelmaps and the reference-geometry conversion parameter, linear parent
-transforms, a minimal subject hierarchy, and Qt widgets built from a ``.ui``
-file with their dynamic properties. What it does not model (rendering,
-closed-surface generation, Qt's real event loop) raises or is recorded, never
-faked silently.
+slicer-core has no Qt, so these are stand-ins, written against Slicer's API
+(never copied from its source):
 
-Use :func:`install` / :func:`uninstall` (the tests' fixture does).
+- ``qt`` and ``ctk`` widgets, the ``.ui`` loader, dialogs, and the event loop
+  (:mod:`qtwidgets`, :mod:`uiloader`);
+- ``slicer.app`` (the IO manager hands work to the real volumes logic) and
+  ``slicer.modules`` (the real module logics) (:mod:`application`);
+- the pure-Python pieces that a Slicer install has and slicer-core lacks:
+  ``slicer.ScriptedLoadableModule``, ``slicer.parameterNodeWrapper``,
+  ``slicer.i18n`` and ``slicer.packaging`` (:mod:`scripted`,
+  :mod:`parameter_node`, :mod:`packaging`).
+
+Use :func:`install` / :func:`uninstall` (the tests' fixture does). Every
+install makes a new scene and new logics; the ``slicer`` package itself is
+imported once (its C++ modules cannot be reloaded).
 """
 
 from __future__ import annotations
@@ -26,79 +29,93 @@ import sys
 import types
 from typing import Dict, Optional
 
-_MODULE_NAMES = (
-    "slicer",
-    "slicer.util",
+#: The slicer-core release the tests pin (pyproject's dev extra).
+SLICER_CORE_VERSION = "5.12.4.0"
+
+_STANDIN_MODULES = (
     "slicer.ScriptedLoadableModule",
     "slicer.parameterNodeWrapper",
     "slicer.i18n",
+    "slicer.packaging",
     "qt",
     "ctk",
 )
+_SLICER_ATTRIBUTES = ("mrmlScene", "app", "modules", "selfTests", "qMRMLNodeComboBox", "qMRMLWidget")
+_SLICER_ATTRIBUTES += tuple(name.split(".")[1] for name in _STANDIN_MODULES if name.startswith("slicer."))
 
 
-def install(temporaryPath: str, testingEnabled: bool = True) -> types.ModuleType:
-    """Put fresh stand-in modules into ``sys.modules``; return the ``slicer`` module.
+def available() -> bool:
+    """True where slicer-core can be imported (it has wheels for Python 3.10 and later)."""
+    try:
+        import slicer_core  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
-    Every call builds a new scene and application object, so tests do not
-    share state. ``temporaryPath`` becomes ``slicer.app.temporaryPath``.
+
+def install(
+    temporaryPath: str,
+    testingEnabled: bool = True,
+    modulePaths: Optional[Dict[str, str]] = None,
+    withPackaging: bool = True,
+) -> types.ModuleType:
+    """Make a fresh scene with the real logics, put the Qt-side stand-ins in place; return ``slicer``.
+
+    ``temporaryPath`` becomes ``slicer.app.temporaryPath``; ``modulePaths``
+    (name -> .py path) are the scripted modules ``slicer.modules`` lists;
+    ``withPackaging`` False is a Slicer older than 5.12 (no ``slicer.packaging``).
     """
-    from . import application, mrml, parameter_node, qtwidgets, scripted, segmentations, util
-
     uninstall()
-    segmentations.TERMINOLOGIES = segmentations.TerminologiesLogic()
+    import slicer
+    import slicer.util  # Slicer's own
+
+    from . import application, packaging, parameter_node, qtwidgets, scripted
+
     qtModule = qtwidgets.makeQtModule()
     ctkModule = qtwidgets.makeCtkModule()
-    slicerModule = types.ModuleType("slicer")
-    slicerModule.__path__ = []  # a package, so "import slicer.util" works
-    scene = mrml.vtkMRMLScene()
-    slicerModule.mrmlScene = scene
-    slicerModule.app = application.Application(temporaryPath, testingEnabled)
-    for name in mrml.NODE_CLASSES:
-        setattr(slicerModule, name, mrml.NODE_CLASSES[name])
-    for name in segmentations.EXPORTED:
-        setattr(slicerModule, name, getattr(segmentations, name))
-    slicerModule.vtkMRMLSubjectHierarchyNode = mrml.vtkMRMLSubjectHierarchyNode
-    slicerModule.vtkMRMLMessageCollection = mrml.vtkMRMLMessageCollection
-    slicerModule.qMRMLNodeComboBox = qtwidgets.qMRMLNodeComboBox
-    slicerModule.qMRMLWidget = qtwidgets.qMRMLWidget
-    slicerModule.modules = types.SimpleNamespace(
-        segmentations=types.SimpleNamespace(logic=lambda: segmentations.vtkSlicerSegmentationsModuleLogic()),
-        terminologies=types.SimpleNamespace(logic=lambda: segmentations.TERMINOLOGIES),
-    )
-    slicerModule.selfTests = {}
+    sys.modules.update({"qt": qtModule, "ctk": ctkModule})
 
-    utilModule = util.makeUtilModule(slicerModule)
-    slicerModule.util = utilModule
+    scene = slicer.vtkMRMLScene()
+    logics = application.makeLogics(slicer, scene)
+    slicer.mrmlScene = scene
+    slicer.app = application.Application(temporaryPath, scene, logics, testingEnabled)
+    slicer.modules = application.makeModules(logics, modulePaths)
+    slicer.selfTests = {}
+    slicer.qMRMLNodeComboBox = qtwidgets.qMRMLNodeComboBox
+    slicer.qMRMLWidget = qtwidgets.qMRMLWidget
+
     i18nModule = types.ModuleType("slicer.i18n")
     i18nModule.tr = lambda text: text
     i18nModule.translate = lambda context, text: text
-    slicerModule.i18n = i18nModule
-    scriptedModule = scripted.makeScriptedModule(slicerModule)
-    slicerModule.ScriptedLoadableModule = scriptedModule
-    pnwModule = parameter_node.makeModule(slicerModule)
-    slicerModule.parameterNodeWrapper = pnwModule
-
-    modules: Dict[str, types.ModuleType] = {
-        "slicer": slicerModule,
-        "slicer.util": utilModule,
-        "slicer.ScriptedLoadableModule": scriptedModule,
-        "slicer.parameterNodeWrapper": pnwModule,
+    modules = {
         "slicer.i18n": i18nModule,
-        "qt": qtModule,
-        "ctk": ctkModule,
+        "slicer.ScriptedLoadableModule": scripted.makeScriptedModule(slicer),
+        "slicer.parameterNodeWrapper": parameter_node.makeModule(slicer),
     }
-    sys.modules.update(modules)
-    scene.SetApplication(slicerModule.app)
-    return slicerModule
+    if withPackaging:
+        modules["slicer.packaging"] = packaging.makeModule(slicer)
+    for name, module in modules.items():
+        sys.modules[name] = module
+        setattr(slicer, name.split(".")[1], module)
+    return slicer
 
 
 def uninstall() -> None:
-    """Remove the stand-in modules (and modules that imported them by name) from ``sys.modules``."""
-    for name in _MODULE_NAMES:
+    """Remove the stand-ins (the real ``slicer`` package stays imported, without a scene)."""
+    for name in _STANDIN_MODULES:
         sys.modules.pop(name, None)
+    slicer = sys.modules.get("slicer")
+    if slicer is not None:
+        scene = vars(slicer).get("mrmlScene")
+        if scene is not None:  # the test's widgets and logics stop hearing from it before it goes
+            scene.RemoveAllObservers()
+            scene.Clear(1)
+        for name in _SLICER_ATTRIBUTES:
+            if name in vars(slicer):
+                delattr(slicer, name)
 
 
 def current() -> Optional[types.ModuleType]:
-    """The installed stand-in ``slicer`` module, or None."""
-    return sys.modules.get("slicer")
+    """The ``slicer`` module while installed, else None."""
+    slicer = sys.modules.get("slicer")
+    return slicer if slicer is not None and hasattr(slicer, "mrmlScene") else None

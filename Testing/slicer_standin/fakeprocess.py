@@ -22,7 +22,8 @@ def argument(command: Sequence[str], flag: str) -> str:
 
 
 class FakeProcess:
-    """``labels_from_input(array_zyx) -> labels_zyx`` decides the labelmap; ``exit_code``/``error`` a failure."""
+    """``labels_from_input(array_zyx) -> labels_zyx`` decides the labelmap; ``exit_code``/``error`` a failure;
+    ``corrupt_labelmap`` a result file that cannot be read."""
 
     def __init__(
         self,
@@ -33,6 +34,7 @@ class FakeProcess:
         model: Optional[Dict[str, str]] = None,
         grid_change: Optional[Callable[[sitk.Image], sitk.Image]] = None,
         structure_names: Optional[Dict[int, str]] = None,
+        corrupt_labelmap: bool = False,
     ) -> None:
         self.labels_from_input = labels_from_input
         self.exit_code = exit_code
@@ -41,6 +43,7 @@ class FakeProcess:
         self.model = model or {"id": "tiny-test-model", "version": "0.0.1"}
         self.grid_change = grid_change
         self.structure_names = structure_names or {1: "prostate"}
+        self.corrupt_labelmap = corrupt_labelmap
         self.command: List[str] = []
         self.env: Dict[str, str] = {}
         self._lines: List[str] = []
@@ -64,6 +67,12 @@ class FakeProcess:
         if self.grid_change is not None:
             labelmap = self.grid_change(labelmap)
         sitk.WriteImage(labelmap, argument(self.command, "-o"), True)
+        if self.corrupt_labelmap:  # a result file that cannot be read: its header only, data cut off
+            path = argument(self.command, "-o")
+            with open(path, "rb") as f:
+                header = f.read().split(b"\n\n")[0]
+            with open(path, "wb") as f:
+                f.write(header + b"\n\n")
         voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
         volumes = {name: float((labels_zyx == v).sum() * voxel_ml) for v, name in self.structure_names.items()}
         result = {"model": self.model, "volumes_ml": volumes, "device": "cpu", "seconds": 0.1}

@@ -1,4 +1,4 @@
-"""Helpers for the Slicer module tests: import the module against the stand-in, make inputs, run the event loop."""
+"""Helpers for the Slicer module tests: import the module, make inputs, run the event loop."""
 
 from __future__ import annotations
 
@@ -22,9 +22,7 @@ def importModule() -> types.ModuleType:
     for name in list(sys.modules):
         if name == "UNetSegment" or name.startswith("UNetSegmentLogicLib"):
             del sys.modules[name]
-    module = importlib.import_module("UNetSegment")
-    sys.modules["slicer"].util.modulePaths["UNetSegment"] = str(MODULE_FILE)
-    return module
+    return importlib.import_module("UNetSegment")
 
 
 def ijkToRas(spacing: Sequence[float], origin: Sequence[float], rotationDeg: float) -> np.ndarray:
@@ -83,3 +81,21 @@ def pumpEvents(slicer: Any, until, timeout: float = 600.0) -> None:
             raise TimeoutError("the background run did not finish in time")
         slicer.app.processEvents()
         time.sleep(0.02)
+
+
+def shownMessages() -> list:
+    """``(kind, text, detailedText)`` of each message box shown so far; kind from the icon (error, question, ...)."""
+    import ctk
+    import qt
+
+    kinds = {
+        qt.QMessageBox.Critical: "error",
+        qt.QMessageBox.Warning: "warning",
+        qt.QMessageBox.Question: "question",
+        qt.QMessageBox.Information: "information",
+    }
+    return [
+        (kinds.get(box.icon, "none"), box.text, box.detailedText or None)
+        for box in qt.QDialog.shown
+        if isinstance(box, ctk.ctkMessageBox)
+    ]

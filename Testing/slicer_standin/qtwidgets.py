@@ -4,14 +4,21 @@ PythonQt exposes Qt properties as attributes (``button.text = "Cancel"``,
 ``combo.currentIndex``, ``progressBar.value``) and signals as objects with
 ``connect``/``disconnect``; old-style ``widget.connect("clicked(bool)", slot)``
 works too. Setting a property that has a change signal emits it, as Qt does.
-Widgets are built from a ``.ui`` file by :mod:`uiloader`.
+Widgets are built from a ``.ui`` file by :mod:`uiloader` (``qt.QUiLoader``).
+Dialogs (``ctk.ctkMessageBox``, which Slicer's own ``slicer.util`` shows) are
+recorded in ``qt.QDialog.shown`` and answered from ``ctkMessageBox.answers``.
+The qMRML widgets observe the real MRML scene, taking call data the VTK way
+(``vtk.calldata_type``).
 """
 
 from __future__ import annotations
 
+import os
 import time
 import types
 from typing import Any, Callable, Dict, List, Optional
+
+import vtk
 
 
 class Signal:
@@ -114,6 +121,10 @@ class QObject:
 
     def deleteLater(self) -> None:
         self.setParent(None)
+
+
+#: PythonQt's ``name``: the object name (what ``slicer.util.childWidgetVariables`` reads).
+QObject.name = property(lambda self: self.objectName)
 
 
 class QWidget(QObject):
@@ -514,6 +525,75 @@ class QSpacerItem:
         pass
 
 
+class QDialog(QWidget):
+    """A modal dialog: ``exec_()`` records it in ``QDialog.shown`` and returns at once."""
+
+    shown: List[Any] = []
+
+    def __init__(self, parent: Optional[QObject] = None) -> None:
+        super().__init__(None)
+        self.windowTitle = ""
+
+    def exec_(self) -> int:
+        QDialog.shown.append(self)
+        return 0
+
+    def close(self) -> None:
+        self.visible = False
+
+
+class QMessageBox(QDialog):
+    Ok, Yes, No, Retry, Close, Cancel = 0x400, 0x4000, 0x10000, 0x80000, 0x200000, 0x400000
+    NoIcon, Information, Warning, Critical, Question = 0, 1, 2, 3, 4
+
+
+class QCursor:
+    def __init__(self, shape: int = 0) -> None:
+        self._shape = shape
+
+    def shape(self) -> int:
+        return self._shape
+
+
+class QApplication:
+    """The override-cursor stack (``slicer.app`` pushes onto it; ``slicer.util`` empties it around dialogs)."""
+
+    _cursors: List[QCursor] = []
+
+    @staticmethod
+    def setOverrideCursor(cursor: Any) -> None:
+        QApplication._cursors.append(cursor if isinstance(cursor, QCursor) else QCursor(cursor))
+
+    @staticmethod
+    def restoreOverrideCursor() -> None:
+        if QApplication._cursors:
+            QApplication._cursors.pop()
+
+    @staticmethod
+    def overrideCursor() -> Optional[QCursor]:
+        return QApplication._cursors[-1] if QApplication._cursors else None
+
+
+class QFile:
+    ReadOnly = 1
+
+    def __init__(self, path: str) -> None:
+        self.path = str(path)
+
+    def exists(self) -> bool:
+        return os.path.isfile(self.path)
+
+    def open(self, mode: int) -> bool:
+        return self.exists()
+
+
+class QUiLoader:
+    def load(self, qfile: QFile, parent: Any = None) -> Any:
+        from .uiloader import loadUI
+
+        return loadUI(qfile.path)
+
+
 # -- CTK and MRML widgets --------------------------------------------------------------
 
 
@@ -532,6 +612,27 @@ class ctkCollapsibleButton(QAbstractButton):
     @collapsed.setter
     def collapsed(self, value: bool) -> None:
         self.checked = not value
+
+
+class ctkMessageBox(QMessageBox):
+    """``exec_()`` records the box in ``shown`` and returns the next of ``answers`` (else the first button)."""
+
+    answers: List[int] = []
+
+    def __init__(self, parent: Optional[QObject] = None) -> None:
+        super().__init__(parent)
+        self.text = ""
+        self.detailedText = ""
+        self.icon = QMessageBox.NoIcon
+        self.standardButtons = QMessageBox.Ok
+        self.dontShowAgainVisible = False
+
+    def exec_(self) -> int:
+        QDialog.shown.append(self)
+        if ctkMessageBox.answers:
+            return ctkMessageBox.answers.pop(0)
+        buttons = int(self.standardButtons)
+        return next(b for b in (QMessageBox.Ok, QMessageBox.Yes, QMessageBox.Retry, QMessageBox.Close) if buttons & b)
 
 
 class ctkComboBox(QComboBox):
@@ -591,11 +692,8 @@ class qMRMLNodeComboBox(qMRMLWidget):
     def nodes(self) -> List[Any]:
         if self._scene is None:
             return []
-        found = []
-        for node in self._scene.GetNodes():
-            if any(self._matches(node, t) for t in self.nodeTypes):
-                found.append(node)
-        return found
+        nodes = [self._scene.GetNthNode(i) for i in range(self._scene.GetNumberOfNodes())]
+        return [n for n in nodes if not n.GetHideFromEditors() and any(self._matches(n, t) for t in self.nodeTypes)]
 
     def _matches(self, node: Any, nodeType: str) -> bool:
         if self.showChildNodeTypes:
@@ -609,7 +707,7 @@ class qMRMLNodeComboBox(qMRMLWidget):
         return self._current.GetID() if self._current is not None else ""
 
     def setCurrentNode(self, node: Any) -> None:
-        if node is not None and node not in self.nodes():
+        if node is not None and node.GetID() not in [n.GetID() for n in self.nodes()]:
             raise ValueError(f"{node.GetID()} is not a {self.nodeTypes} node of the combo box's scene")
         if node is not self._current:
             self._current = node
@@ -619,8 +717,9 @@ class qMRMLNodeComboBox(qMRMLWidget):
     def setCurrentNodeID(self, nodeId: str) -> None:
         self.setCurrentNode(self._scene.GetNodeByID(nodeId) if nodeId else None)
 
-    def _onNodeRemoved(self, caller: Any, event: Any, node: Any = None) -> None:
-        if node is not None and node is self._current:
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def _onNodeRemoved(self, caller: Any, event: Any, node: Any) -> None:
+        if node is not None and self._current is not None and node.GetID() == self._current.GetID():
             remaining = self.nodes()
             self.setCurrentNode(None if self.noneEnabled or not remaining else remaining[0])
 
@@ -653,6 +752,9 @@ def makeQtModule() -> types.ModuleType:
             setattr(qt, name, obj)
     qt.Qt = types.SimpleNamespace(WaitCursor=3, ArrowCursor=0, RichText=1, PlainText=0, UserRole=256, AlignLeft=1)
     QTimer._active = []
+    QDialog.shown = []
+    ctkMessageBox.answers = []
+    QApplication._cursors = []
     QDesktopServices.opened = []
     QFileDialog.nextFileNames = []
     QSettings._store = {}
@@ -661,6 +763,6 @@ def makeQtModule() -> types.ModuleType:
 
 def makeCtkModule() -> types.ModuleType:
     ctk = types.ModuleType("ctk")
-    for name in ("ctkCollapsibleButton", "ctkComboBox", "ctkCheckBox"):
+    for name in ("ctkCollapsibleButton", "ctkComboBox", "ctkCheckBox", "ctkMessageBox"):
         setattr(ctk, name, globals()[name])
     return ctk

@@ -3,8 +3,10 @@
 - ``process``: a background process behind a small interface (start, read lines, exit code, kill).
 - ``run``: one segmentation run driven by polling: command line, progress, outcome.
 - ``models``: the models offered in the panel (installed and downloadable).
-- ``dependencies``: Python packages the background process needs, installed on first use.
+- ``dependencies``: Python packages the background process needs on the chosen device, installed on first use.
+- ``options``: the panel's device and quality choices (parameter node enums).
 - ``results``: the labelmap brought into the scene as a segmentation.
 
-Only ``results`` and ``dependencies`` use Slicer's API; nothing here imports torch.
+Only ``results`` and ``dependencies`` use Slicer's API (``options`` its translation function,
+where present); nothing here imports torch.
 """

@@ -1,15 +1,22 @@
 """Python packages the background process needs, checked without importing them and installed on first use.
 
-- torch comes from the PyTorch extension (``PyTorchUtils``), which picks the
-  build matching the GPU driver (``PyTorchUtils`` imports torch once, right
-  after installing it; this module never imports torch). Without the
-  extension, pip installs torch with the other packages.
-- safetensors is installed with pip, with a constraints file that
-  pins the torch, numpy, scipy and SimpleITK already present, so installing
-  can never replace Slicer's own packages (pip fails instead, with a message).
-- Slicer >= 5.12 has ``slicer.packaging.pip_ensure`` (confirmation dialog,
-  progress, restart prompt); older Slicer gets ``slicer.util.pip_install``
-  after our own confirmation.
+What is installed depends on where the network runs:
+
+- CPU (and "auto"): ONNX Runtime only, a small wheel (the model package
+  carries ``model.onnx``; numpy, scipy and SimpleITK come with Slicer).
+  PyTorch is never installed for the CPU.
+- GPU: PyTorch through the PyTorch extension (``PyTorchUtils``), which picks
+  the build matching the GPU driver and asks the user first (it imports torch
+  once, right after installing it; this module never imports torch), then
+  safetensors with pip to read the weights. Without the extension the GPU is
+  refused with what to do: pip would install a CPU-only or mismatched build.
+
+pip runs with a constraints file that pins the torch, numpy, scipy and
+SimpleITK already present, so installing can never replace Slicer's own
+packages (pip fails instead, with a message). Slicer >= 5.12 has
+``slicer.packaging.pip_ensure`` (confirmation dialog, progress, restart
+prompt); older Slicer gets ``slicer.util.pip_install`` after our own
+confirmation.
 """
 
 from __future__ import annotations
@@ -19,10 +26,11 @@ import logging
 import os
 import subprocess
 import tempfile
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
-#: What UNetSegmentLib needs besides Slicer's numpy, scipy and SimpleITK (pip requirement strings).
-PIP_REQUIREMENTS = ["safetensors>=0.4,<1"]
+#: pip requirements of each device choice (the ``--device`` values of the command line).
+CPU_REQUIREMENTS = ["onnxruntime>=1.17"]
+GPU_REQUIREMENTS = ["safetensors>=0.4,<1"]
 TORCH_REQUIREMENT = ">=2.1"
 #: Packages Slicer (or the PyTorch extension) provides: pinned, never replaced.
 PROTECTED = ["torch", "numpy", "scipy", "SimpleITK"]
@@ -53,9 +61,18 @@ def isSatisfied(requirement: str) -> bool:
     return version is not None and req.specifier.contains(version, prereleases=True)
 
 
-def missingRequirements() -> List[str]:
-    """Pip requirements (not torch) that are absent or too old."""
-    return [r for r in PIP_REQUIREMENTS if not isSatisfied(r)]
+def requirementsFor(device: str) -> List[str]:
+    """pip requirements (never torch) for ``device`` (cpu, cuda or auto)."""
+    if device == "cuda":
+        return list(GPU_REQUIREMENTS)
+    if device == "auto" and installedVersion("torch") is not None:
+        return CPU_REQUIREMENTS + GPU_REQUIREMENTS  # the process may pick the GPU with the torch already there
+    return list(CPU_REQUIREMENTS)
+
+
+def missingRequirements(device: str = "cpu") -> List[str]:
+    """pip requirements of ``device`` that are absent or too old."""
+    return [r for r in requirementsFor(device) if not isSatisfied(r)]
 
 
 def torchMissing() -> bool:
@@ -72,51 +89,49 @@ def writeConstraints(folder: Optional[str] = None) -> str:
 
 
 def versions() -> Dict[str, str]:
-    """Installed versions of everything the segmentation uses ("not installed" if absent)."""
-    names = ["torch", "safetensors", "numpy", "scipy", "SimpleITK"]
+    """Installed versions of everything a segmentation may use ("not installed" if absent)."""
+    names = ["onnxruntime", "torch", "safetensors", "numpy", "scipy", "SimpleITK"]
     return {name: installedVersion(name) or "not installed" for name in names}
 
 
-def ensureTorch(slicer) -> bool:
-    """Install PyTorch through the PyTorch extension if missing (it asks the user first).
-
-    Returns False when torch is missing and the extension is not there: then
-    pip installs torch with the other packages (after the same confirmation).
-    """
+def ensureTorch(slicer) -> None:
+    """Install PyTorch through the PyTorch extension if missing (it asks the user first)."""
     if not torchMissing():
-        return True
+        return
     try:
         import PyTorchUtils
     except ModuleNotFoundError:
-        logging.warning("The PyTorch extension is not installed; PyTorch will be installed with pip")
-        return False
+        raise DependencyError(
+            "Segmenting on the GPU needs PyTorch, installed by the PyTorch extension: install that extension "
+            "from the Extensions Manager and restart Slicer, or choose the CPU."
+        ) from None
     logging.info("Installing PyTorch%s through the PyTorch extension", TORCH_REQUIREMENT)
     torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
         askConfirmation=True, torchVersionRequirement=TORCH_REQUIREMENT
     )
     if torch is None or torchMissing():
         raise DependencyError(
-            f"PyTorch {TORCH_REQUIREMENT} is needed. Install it with the PyTorch Utils module, then try again."
+            f"PyTorch {TORCH_REQUIREMENT} is needed on the GPU. Install it with the PyTorch Utils module, "
+            "or choose the CPU."
         )
-    return True
 
 
-def ensurePipPackages(slicer, reinstall: bool = False, extra: Sequence[str] = ()) -> None:
-    """Install missing pip packages (all of them with ``reinstall``), plus ``extra``, after the user agrees."""
-    requirements = (list(PIP_REQUIREMENTS) if reinstall else missingRequirements()) + list(extra)
-    if not requirements:
+def ensurePipPackages(slicer, requirements: List[str], reinstall: bool = False) -> None:
+    """Install ``requirements`` that are missing (all of them with ``reinstall``), after the user agrees."""
+    wanted = list(requirements) if reinstall else [r for r in requirements if not isSatisfied(r)]
+    if not wanted:
         return
     constraints = writeConstraints(slicer.app.temporaryPath)
     try:
         packaging = _slicerPackaging()
         if packaging is not None and not reinstall:
-            packaging.pip_ensure(requirements, constraints=constraints, requester=REQUESTER, skip_in_testing=False)
+            packaging.pip_ensure(wanted, constraints=constraints, requester=REQUESTER, skip_in_testing=False)
         else:
             what = "reinstalled" if reinstall else "installed"
-            text = f"UNetSegment needs these Python packages {what}:\n\n" + "\n".join(requirements) + "\n\nContinue?"
+            text = f"UNetSegment needs these Python packages {what}:\n\n" + "\n".join(wanted) + "\n\nContinue?"
             if not slicer.util.confirmOkCancelDisplay(text, "UNetSegment - Python packages"):
                 raise DependencyError("The Python packages UNetSegment needs were not installed.")
-            args = ["-c", constraints, *requirements]
+            args = ["-c", constraints, *wanted]
             if reinstall:
                 args = ["--force-reinstall", "--no-deps", *args]
             slicer.util.pip_install(args)
@@ -129,7 +144,7 @@ def ensurePipPackages(slicer, reinstall: bool = False, extra: Sequence[str] = ()
     finally:
         os.remove(constraints)
     importlib.invalidate_caches()
-    still = [r for r in missingRequirements() + list(extra) if not isSatisfied(r)]
+    still = [r for r in requirements if not isSatisfied(r)]
     if still:
         raise DependencyError(f"Installing {', '.join(still)} failed; see the Python console for pip's messages.")
 
@@ -143,7 +158,8 @@ def _slicerPackaging():
     return packaging if hasattr(packaging, "pip_ensure") else None
 
 
-def ensureDependencies(slicer, reinstall: bool = False) -> None:
-    """Everything the background process needs: torch first, then the pip packages."""
-    torchPresent = ensureTorch(slicer)
-    ensurePipPackages(slicer, reinstall=reinstall, extra=[] if torchPresent else ["torch" + TORCH_REQUIREMENT])
+def ensureDependencies(slicer, device: str = "cpu", reinstall: bool = False) -> None:
+    """Everything the background process needs on ``device``: PyTorch first for the GPU, then pip packages."""
+    if device == "cuda":
+        ensureTorch(slicer)
+    ensurePipPackages(slicer, requirementsFor(device), reinstall=reinstall)

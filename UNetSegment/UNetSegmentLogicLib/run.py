@@ -36,6 +36,8 @@ CLI_STAGE_TO_STAGE = {"loading": "preparing", "downloading": "downloading"}
 EXIT_CANCELLED = 130
 
 RUNNING, SUCCEEDED, FAILED, CANCELLED = "running", "succeeded", "failed", "cancelled"
+#: ``--backend`` of each ``--device``: ONNX Runtime on the CPU (no torch), PyTorch on the GPU; auto lets the CLI pick.
+BACKEND_FOR_DEVICE = {"cpu": "onnxruntime", "cuda": "torch", "auto": "auto"}
 
 
 def segmentCommand(
@@ -47,7 +49,10 @@ def segmentCommand(
     device: str,
     quality: str,
 ) -> List[str]:
-    """The command line of one run; ``python`` is ``[PythonSlicer]`` in Slicer, ``[sys.executable]`` in tests."""
+    """The command line of one run; ``python`` is ``[PythonSlicer]`` in Slicer, ``[sys.executable]`` in tests.
+
+    The backend follows the device (:data:`BACKEND_FOR_DEVICE`), so a CPU run never needs torch.
+    """
     return [
         *python,
         "-m",
@@ -60,6 +65,8 @@ def segmentCommand(
         modelSpec,
         "--device",
         device,
+        "--backend",
+        BACKEND_FOR_DEVICE[device],
         "--quality",
         quality,
         "--progress",

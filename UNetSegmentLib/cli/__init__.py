@@ -75,16 +75,30 @@ def build_parser() -> argparse.ArgumentParser:
     run = argparse.ArgumentParser(add_help=False)
     g = run.add_argument_group("model and device")
     g.add_argument("--model", help="ID, ID@VERSION, a model package folder or .zip (default: the default model)")
-    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto (GPU if available)")
+    g.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "onnxruntime", "openvino", "torch"),
+        help="auto (default): ONNX Runtime on the CPU (OpenVINO, if installed, on CPUs with native bfloat16), PyTorch on a GPU",
+    )
+    g.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="default: auto (GPU if available)"
+    )
     g.add_argument(
         "--quality",
         default="standard",
         choices=QUALITIES,
-        help="fast: one pass, less window overlap; standard: averaged with the mirror images the model was trained on "
-        "(left-right for the default model); best: as standard with denser windows (slowest)",
+        help="fast: one pass over the image; standard (default): averaged with the mirror images the model was "
+        "trained on (left-right for the default model), computed around the gland; best: the mirrored passes over "
+        "the whole image (slowest)",
     )
-    g.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"))
-    g.add_argument("--threads", type=positive_int, help="CPU threads (default: PyTorch's choice)")
+    g.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "float32", "bfloat16"),
+        help="auto: bfloat16 on a GPU, float32 on the CPU; bfloat16 on the CPU needs native support and --backend torch",
+    )
+    g.add_argument("--threads", type=positive_int, help="CPU threads (default: every core this process may use)")
     g.add_argument("--offline", action="store_true", help="never download a model")
     g.add_argument(
         "--channel", type=channel_number, help="volume of a 4D or component of a multi-channel image (0 = first)"

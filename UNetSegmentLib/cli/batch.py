@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..progress import ProgressReporter
+from . import extras
 from .common import (
     EXIT_CANCELLED,
     EXIT_INPUT,
@@ -24,13 +25,14 @@ from .common import (
     SegmentJob,
     build_predictor,
     check_output,
+    check_runtime_options,
     check_writable_folder,
     classify_error,
     predict_and_write,
     resolve_model,
     structure_names,
 )
-from .series import add_input_options, read_case
+from .series import add_input_options, read_case, series_folder
 
 #: Input file types ``batch`` picks up (a sub-folder is a case if it holds a DICOM series).
 INPUT_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -47,6 +49,7 @@ def add_parser(sub, parents, **fmt) -> None:
     p.add_argument("--pattern", default="*", help="only names matching this glob (e.g. '*_t2w.nii.gz')")
     p.add_argument("--csv", metavar="PATH", help="summary CSV (default: OUTPUT_DIR/summary.csv)")
     p.add_argument("--format", default="nrrd", choices=sorted(BATCH_FORMATS), help="output file type (default: nrrd)")
+    extras.add_batch_arguments(p)
     add_input_options(p)
     p.set_defaults(func=run)
 
@@ -170,6 +173,7 @@ def _write_csv(path: Path, rows: List[Dict[str, Any]], columns: List[str]) -> No
 
 
 def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellation) -> int:
+    check_runtime_options(args)
     in_dir = Path(args.input_dir).expanduser().absolute()
     if not in_dir.is_dir():
         raise CliError(EXIT_INPUT, f"input folder not found: {in_dir}")
@@ -187,6 +191,11 @@ def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellati
             EXIT_INPUT,
             f"no images (NIfTI, NRRD, MetaImage or DICOM series folders) matching {args.pattern!r} in {in_dir}",
         )
+    psa_by_case = _read_clinical(args.clinical, [case[0] for case in cases], reporter)
+    if args.report:
+        extras.require("matplotlib", "report", "--report")
+    if args.dicom_seg:
+        extras.require("highdicom", "dicom", "--dicom-seg")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     package = resolve_model(args.model, args.offline, reporter, cancel)
@@ -195,8 +204,12 @@ def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellati
     columns = (
         ["case", "input", "series", "status", "exit_code", "error", "output"]
         + [f"{s}_ml" for s in structures]
-        + ["seconds", "warnings"]
+        + ["gland_ml", "psa_ng_ml", "psa_density"]
+        + (["transition_zone_psa_density"] if "transition_zone" in structures else [])
+        + ["confidence", "n_flags", "flag_codes", "flags", "seconds", "warnings"]
+        + [key for key in extras.BATCH_SUFFIXES if getattr(args, key)]
     )
+    index_rows: List[Dict[str, Any]] = []
     rows: List[Dict[str, Any]] = []
     first_failure = EXIT_OK
     print(f"Segmenting {len(cases)} case(s) from {in_dir} with {package.info.id} {package.info.version}")
@@ -213,15 +226,19 @@ def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellati
         }
         try:
             job = SegmentJob(path, check_output(output, args.overwrite, LABELMAP_EXTENSIONS, "output", [path]))
+            job.extras = _case_extras(args, name, path, out_dir, psa_by_case.get(name))
             reporter("loading", 0.0, f"{name}: reading")
             if choice_problem is not None:
                 raise choice_problem
             got = read_case(path, args, _Prefixed(reporter, name), series_uid=series_uid)
             image, warnings = got.image, got.warnings
             row["series"] = got.chosen or ""
+            job.dicom_source = series_folder(got)
             result = predict_and_write(job, image, warnings, predictor, reporter, cancel, t0)
             row.update(status="ok", exit_code=EXIT_OK, error="", warnings="; ".join(warnings))
             row.update({f"{k}_ml": v for k, v in result["volumes_ml"].items()})
+            row.update(_findings_columns(result))
+            index_rows.append(_index_row(name, result))
             vols = ", ".join(
                 f"{structure_names(predictor).get(k, k)} {v:.1f} mL" for k, v in result["volumes_ml"].items()
             )
@@ -235,6 +252,7 @@ def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellati
                 _write_csv(csv_path, rows, columns)
                 raise
             first_failure = first_failure or code
+            index_rows.append({"case": name, "status": row["status"], "error": message})
             print(f"[{i + 1}/{len(cases)}] {name}: FAILED ({message})")
             _write_csv(csv_path, rows, columns)
             continue
@@ -243,6 +261,66 @@ def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellati
         _write_csv(csv_path, rows, columns)
     failed = sum(r["status"] != "ok" for r in rows)
     print(f"{len(rows) - failed} of {len(rows)} case(s) segmented into {out_dir}; summary: {csv_path}")
+    if args.report:
+        from ..report import write_index_html
+
+        index = write_index_html(index_rows, out_dir / "index.html", title=f"UNetSegment: {in_dir.name}")
+        print(f"Index page of the pictures: {index}")
     if failed:
         reporter.warning(f"{failed} of {len(rows)} case(s) failed; see {csv_path}")
     return first_failure
+
+
+def _read_clinical(path: Optional[str], names: Sequence[str], reporter: ProgressReporter) -> Dict[str, float]:
+    """PSA per case from ``--clinical``; a bad file or value stops the batch before any case (exit 2)."""
+    if not path:
+        return {}
+    from ..psa import PSAError, read_psa_csv
+
+    try:
+        psa = read_psa_csv(Path(path).expanduser())
+    except PSAError as e:
+        raise CliError(EXIT_USAGE, str(e)) from None
+    unknown = sorted(set(psa) - set(names))
+    if unknown:
+        reporter.warning(f"--clinical names case(s) not in the batch: {', '.join(unknown[:5])}")
+    return psa
+
+
+def _case_extras(args: argparse.Namespace, name: str, path: Path, out_dir: Path, psa: Optional[float]):
+    """The extra outputs of one case: a DICOM SEG only for DICOM series folders."""
+    outputs = extras.Extras(psa=psa)
+    for key, suffix in extras.BATCH_SUFFIXES.items():
+        if getattr(args, key) and (key != "dicom_seg" or path.is_dir()):
+            allowed = (suffix[suffix.index(".") :],)
+            setattr(outputs, key, check_output(out_dir / f"{name}{suffix}", args.overwrite, allowed, key, [path]))
+    return outputs
+
+
+def _findings_columns(result: Dict[str, Any]) -> Dict[str, Any]:
+    flags = result.get("flags") or []
+    psa = result.get("psa") or {}
+    cols: Dict[str, Any] = {
+        "gland_ml": round(sum(result["volumes_ml"].values()), 3),
+        "psa_ng_ml": psa.get("psa_ng_ml", ""),
+        "psa_density": psa.get("psa_density", ""),
+        "transition_zone_psa_density": psa.get("tz_psa_density", ""),
+        "confidence": result.get("confidence", ""),
+        "n_flags": len(flags),
+        "flag_codes": " ".join(f["code"] for f in flags),
+        "flags": " ".join(f["message"] for f in flags),
+    }
+    cols.update({key: result.get(key, "") for key in extras.BATCH_SUFFIXES})
+    return cols
+
+
+def _index_row(name: str, result: Dict[str, Any]) -> Dict[str, Any]:
+    return {
+        "case": name,
+        "status": "ok",
+        "report": result.get("report"),
+        "volumes_ml": result["volumes_ml"],
+        "psa_density": (result.get("psa") or {}).get("psa_density"),
+        "confidence": result.get("confidence"),
+        "flags": result.get("flags") or [],
+    }

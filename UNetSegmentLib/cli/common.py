@@ -33,9 +33,10 @@ EPILOG = f"""\
 exit codes:
   {EXIT_OK}    success
   {EXIT_INTERNAL}    unexpected internal error (rerun with --debug to see the traceback)
-  {EXIT_USAGE}    bad command line, --device cuda without a GPU, or a DICOM folder whose
-       series to read is not clear (none or several axial T2): the numbered list
-       is printed; choose with --series N or --series-uid UID
+  {EXIT_USAGE}    bad command line, --device cuda without a GPU, a --backend that is not
+       installed, --precision bfloat16 on a CPU without native bfloat16, or a DICOM
+       folder whose series to read is not clear (none or several axial T2): the
+       numbered list is printed; choose with --series N or --series-uid UID
   {EXIT_INPUT}    input missing, unreadable or damaged (truncated or corrupted file,
        an unreadable file in the DICOM series, an undecodable compression)
   {EXIT_INVALID_IMAGE}    invalid image: 2D, 4D or multi-component without --channel, empty,
@@ -58,7 +59,7 @@ environment:
 """
 
 LABELMAP_EXTENSIONS = (".seg.nrrd", ".nrrd", ".nii.gz", ".nii", ".mha")
-#: ``inference.QUALITY_SETTINGS``'s keys, here so that parsing the command line does not import torch.
+#: ``inference.QUALITY_SETTINGS``'s keys, here so that parsing the command line imports no runtime.
 QUALITIES = ("fast", "standard", "best")
 
 
@@ -98,7 +99,7 @@ class Cancellation:
     def check(self) -> None:
         """Raise ``inference.CancelledError`` once a signal has arrived."""
         if self.flag:
-            from ..inference import CancelledError
+            from ..runtime import CancelledError
 
             raise CancelledError("cancelled")
 
@@ -169,7 +170,7 @@ class StagedWrites:
         self._staged: List[Tuple[Path, Path]] = []
 
     def temp_for(self, final: Path) -> Path:
-        ext = _matching_extension(final, LABELMAP_EXTENSIONS + (".json",)) or ""
+        ext = _matching_extension(final, LABELMAP_EXTENSIONS + (".json", ".png", ".dcm")) or ""
         stem = final.name[: len(final.name) - len(ext)]
         tmp = final.with_name(f".{stem}.{uuid.uuid4().hex[:8]}.unetsegment-tmp{ext}")
         self._staged.append((tmp, final))
@@ -194,9 +195,12 @@ class SegmentJob:
     """One image to segment and where its results go (absolute paths; None = not written)."""
 
     input: Path
-    labelmap: Path
+    labelmap: Optional[Path]
     seg_nrrd: Optional[Path] = None
     volumes_json: Optional[Path] = None
+    extras: Any = None  #: ``extras.Extras``: DICOM SEG, uncertainty map, report picture, PSA
+    #: the folder of the DICOM series read (a study tree's chosen T2), for its tags and the SEG's references
+    dicom_source: Optional[Path] = None
 
 
 # -- the pipeline ------------------------------------------------------------------------------
@@ -214,19 +218,38 @@ def resolve_model(spec: Optional[str], offline: bool, reporter: ProgressReporter
     return package
 
 
-def build_predictor(package, args: argparse.Namespace):
-    """A ``Predictor`` for the command's device, quality, precision and thread options."""
-    from ..inference import Predictor, resolve_device
+def check_runtime_options(args: argparse.Namespace) -> None:
+    """Refuse a backend, device or precision that cannot run here (exit 2) before any work is done."""
+    from ..runtime import RuntimeUnavailable, check_precision, choose_backend
 
     try:
-        resolve_device(args.device)
-    except RuntimeError as e:
+        check_precision(args.precision, args.device)
+        if args.backend != "auto":
+            choose_backend(args.backend, args.device, has_onnx=True)  # the package is checked once loaded
+    except RuntimeUnavailable as e:
         raise CliError(EXIT_USAGE, str(e)) from None
+
+
+def build_predictor(package, args: argparse.Namespace):
+    """A ``Predictor`` for the command's backend, device, quality, precision and thread options."""
+    from ..inference import Predictor
+    from ..runtime import RuntimeUnavailable
+
     if args.threads:
         import SimpleITK as sitk
 
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(args.threads))
-    return Predictor(package, device=args.device, quality=args.quality, precision=args.precision, threads=args.threads)
+    try:
+        return Predictor(
+            package,
+            device=args.device,
+            quality=args.quality,
+            precision=args.precision,
+            threads=args.threads,
+            backend=args.backend,
+        )
+    except RuntimeUnavailable as e:
+        raise CliError(EXIT_USAGE, str(e)) from None
 
 
 def predict_and_write(
@@ -246,10 +269,13 @@ def predict_and_write(
     """
     from .. import io
     from ..segfile import write_seg_nrrd
+    from .extras import Extras, analyse, write_extras
 
+    extras = job.extras or Extras()
     prediction = predictor.predict(image, progress=reporter, should_cancel=cancel.is_set)
     cancel.check()
-    reporter("writing", 0.0, job.labelmap.name)
+    first_output = job.labelmap or extras.dicom_seg
+    reporter("writing", 0.0, first_output.name if first_output else "")
     labels = predictor.info.labels
     staged = StagedWrites()
     # marks the labelmap as this tool's output (kept in NRRD and MetaImage), so it is refused as an input
@@ -266,15 +292,19 @@ def predict_and_write(
                 raise CliError(EXIT_OUTPUT, f"cannot write {path}: {_one_line(e)}") from None
         result = {
             "input": str(job.input),
-            "output": str(job.labelmap),
+            "output": str(first_output),
             "seg_nrrd": str(job.seg_nrrd) if job.seg_nrrd else None,
             "model": {"id": predictor.info.id, "version": predictor.info.version},
             "volumes_ml": {k: round(v, 3) for k, v in prediction.volumes_ml.items()},
             "device": prediction.device,
+            "backend": prediction.backend,
             "quality": predictor.quality,
             "seconds": round(time.perf_counter() - t_start, 2),
             "warnings": list(warnings),
         }
+        source = job.dicom_source or job.input
+        result.update(analyse(prediction, image, source, predictor.info, extras.psa))
+        write_extras(extras, prediction, image, source, predictor.info, result, staged, job.input.name)
         if job.volumes_json is not None:
             try:
                 tmp = staged.temp_for(job.volumes_json)
@@ -305,6 +335,8 @@ def print_volumes(result: Dict[str, Any], names: Dict[str, str]) -> None:
 
 
 def print_written(job: SegmentJob) -> None:
+    if job.labelmap is None:
+        return
     print(f"Labelmap written to      {job.labelmap}")
     if job.seg_nrrd is not None:
         print(f"Segmentation written to  {job.seg_nrrd}")
@@ -327,14 +359,14 @@ def classify_error(e: BaseException) -> Tuple[int, str]:
     from ..store import DownloadCancelled, DownloadError
     from ..validation import InvalidImageError
 
-    inference = sys.modules.get("UNetSegmentLib.inference")
+    runtime = sys.modules.get("UNetSegmentLib.runtime")
     choice = sys.modules.get("UNetSegmentLib.dicom.choice")
     if isinstance(e, CliError):
         return e.code, e.message
     if choice is not None and isinstance(e, choice.SeriesChoiceError):
         return EXIT_USAGE, _one_line(e)
     if isinstance(e, (KeyboardInterrupt, DownloadCancelled)) or (
-        inference is not None and isinstance(e, inference.CancelledError)
+        runtime is not None and isinstance(e, runtime.CancelledError)
     ):
         return EXIT_CANCELLED, "cancelled; no output was written"
     if isinstance(e, ImageReadError):
@@ -345,6 +377,8 @@ def classify_error(e: BaseException) -> Tuple[int, str]:
         return EXIT_DOWNLOAD, f"download failed: {_one_line(e)}"
     if isinstance(e, ModelPackageError):
         return EXIT_MODEL, f"model: {_one_line(e)}"
+    if runtime is not None and isinstance(e, runtime.RuntimeUnavailable):
+        return EXIT_USAGE, _one_line(e)
     if isinstance(e, MemoryError):
         return (
             EXIT_INTERNAL,

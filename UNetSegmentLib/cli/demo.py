@@ -12,6 +12,7 @@ from .common import (
     Cancellation,
     SegmentJob,
     build_predictor,
+    check_runtime_options,
     check_writable_folder,
     predict_and_write,
     print_volumes,
@@ -34,6 +35,7 @@ def add_parser(sub, parents, **fmt) -> None:
 
 
 def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellation) -> int:
+    check_runtime_options(args)
     import numpy as np
     import SimpleITK as sitk
 

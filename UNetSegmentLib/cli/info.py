@@ -17,35 +17,48 @@ def add_parser(sub, parents, **fmt) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellation) -> int:
+def _version(name: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
-    import numpy
-    import SimpleITK as sitk
-    import torch
+    try:  # read without importing (torch and MONAI take seconds to import)
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
 
-    from ..inference import cpu_supports_bf16, resolve_device
+
+def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellation) -> int:
+    import SimpleITK as sitk
+
+    from ..hardware import cpu_info, default_threads
+    from ..runtime import RuntimeUnavailable, choose_backend, nvidia_driver_present
     from ..store import DEFAULT_MODEL_ID
 
-    try:  # only the training toolkit needs MONAI; read its version without importing it (slow)
-        monai_version = version("monai")
-    except PackageNotFoundError:
-        monai_version = "not installed (needed for training only)"
+    cpu = cpu_info()
     print(f"unetsegment {__version__}")
     print(f"python      {platform.python_version()} ({platform.platform()})")
     print(
-        f"torch       {torch.__version__}, SimpleITK {sitk.Version.VersionString()}, numpy {numpy.__version__}, monai {monai_version}"
+        f"packages    onnxruntime {_version('onnxruntime')}, torch {_version('torch')}, SimpleITK "
+        f"{sitk.Version.VersionString()}, numpy {_version('numpy')}, monai {_version('monai')} (training only)"
     )
-    device = resolve_device("auto")
-    if device.type == "cuda":
-        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-        print(f"device      cuda ({names}); bfloat16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}")
-    else:
-        print("device      cpu (no CUDA GPU visible to PyTorch)")
-    print(f"threads     {torch.get_num_threads()} PyTorch threads, {os.cpu_count()} CPU cores")
-    print(f"bfloat16    CPU native: {'yes' if cpu_supports_bf16() else 'no'}")
+    print(f"cpu         {cpu.model}: {cpu.isa}, bfloat16 {'native' if cpu.native_bf16 else 'not native (emulated)'}")
+    print(f"threads     {default_threads()} inference threads, {os.cpu_count()} CPU cores")
     store = model_store()
-    print(f"model cache {store.root}")
     default = store.find(DEFAULT_MODEL_ID)
+    try:
+        backend = choose_backend("auto", "auto", has_onnx=default.has_onnx if default else True)
+    except RuntimeUnavailable as e:
+        backend = f"none ({e})"
+    if backend == "torch" and nvidia_driver_present():
+        import torch  # only where PyTorch would run the segmentation anyway
+
+        if torch.cuda.is_available():
+            names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+            print(f"device      cuda ({names}); bfloat16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}")
+        else:
+            print("device      cpu (an NVIDIA driver is present, but PyTorch sees no CUDA GPU)")
+    else:
+        print("device      cpu")
+    print(f"backend     {backend} (--backend auto)")
+    print(f"model cache {store.root}")
     print(f"default     {DEFAULT_MODEL_ID} ({f'installed {default.info.version}' if default else 'not installed'})")
     return EXIT_OK

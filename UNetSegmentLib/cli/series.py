@@ -77,6 +77,12 @@ def read_case(source: Path, args: argparse.Namespace, reporter: ProgressReporter
     return got
 
 
+def series_folder(got) -> Optional[Path]:
+    """The one folder holding the DICOM series ``read_case`` read, or None (a file, or a series in several folders)."""
+    folders = got.dicom.series.folders if got.dicom is not None else []
+    return folders[0] if len(folders) == 1 else None
+
+
 def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellation) -> int:
     from ..dicom import SeriesChoiceError, choose_series, index_folder, listing
 

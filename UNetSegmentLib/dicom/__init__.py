@@ -1,4 +1,5 @@
-"""DICOM input: index the series of a folder or study tree, choose the axial T2, check and read it.
+"""DICOM input and output: index the series of a folder or study tree, choose the axial T2, check and read it;
+write DICOM Segmentation objects (:mod:`.seg`, imported on its own: it needs highdicom).
 
 - :mod:`.index`: headers only (pydicom), series grouped by SeriesInstanceUID, DICOMDIR followed;
 - :mod:`.choice`: which series is the axial T2-weighted one, from DICOM attributes;
