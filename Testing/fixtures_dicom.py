@@ -73,7 +73,9 @@ def _base(kind: str, k: int, study_uid: str, series_uid: str, patient_id: str, s
     ds.PatientName = patient_id
     ds.StudyInstanceUID = study_uid
     ds.StudyDate, ds.StudyTime, ds.StudyID = "20240102", "101500", "1"
-    ds.AccessionNumber = ""
+    ds.AccessionNumber, ds.ReferringPhysicianName, ds.PatientBirthDate, ds.PatientSex = "", "", "", "M"
+    ds.Manufacturer = "SIEMENS"
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[study_uid, "frame of reference"])  # one per study
     ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber = series_number
     ds.InstanceNumber = k + 1

@@ -255,3 +255,17 @@ def test_compressed_files_from_other_encoders_pass_the_checks_and_fail_when_cut(
     cut.write_bytes(data[: len(data) - len(ds.PixelData) // 3])
     with pytest.raises(ImageReadError, match="cut.dcm"):
         check_dicom_file(cut)
+
+
+def test_a_dicom_seg_from_a_study_tree_references_the_chosen_t2(tmp_path, capsys, tiny_package):
+    pytest.importorskip("highdicom")
+    import pydicom
+
+    files = write_study(tmp_path / "tree", kinds=("localizer", "t2_tra", "dwi"))
+    out = tmp_path / "seg.dcm"
+    code = main(["segment", str(tmp_path / "tree"), "-o", str(out), "--model", str(tiny_package.path)])
+    assert code == 0, capsys.readouterr().err
+    seg = pydicom.dcmread(str(out))
+    t2_uid = pydicom.dcmread(str(files["t2_tra"][0]), stop_before_pixels=True).SeriesInstanceUID
+    referenced = {item.SeriesInstanceUID for item in seg.ReferencedSeriesSequence}
+    assert referenced == {t2_uid}
