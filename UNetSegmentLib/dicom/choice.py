@@ -27,6 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
+from ..io import ImageReadError
 from .index import DicomIndex, Series
 
 T2 = "T2"
@@ -141,8 +142,12 @@ def listing(series: Sequence[Series]) -> List[str]:
     return [head] + [describe(s) for s in series]
 
 
-class SeriesChoiceError(Exception):
-    """No single axial T2 series can be chosen; ``listing`` is the numbered list of the series to choose from."""
+class SeriesChoiceError(ImageReadError):
+    """No single axial T2 series can be chosen; ``listing`` is the numbered list of the series to choose from.
+
+    A kind of ``ImageReadError`` for library callers (training readers); the command line answers it with
+    exit 2 and the list, since a choice on the command line settles it.
+    """
 
     def __init__(self, message: str, listing_lines: Sequence[str]) -> None:
         super().__init__(message)
