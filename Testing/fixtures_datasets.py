@@ -258,3 +258,21 @@ def make_promise12_mhd(
         if n in train_numbers:
             sitk.WriteImage(label, str(root / f"Case{n:02d}_segmentation.mhd"))
     return root
+
+
+def make_promise12_download(root: Path) -> Path:
+    """The PROMISE12 download as its zips unpack: TrainingData_Part1..3 (MetaImage with labels) and TestData.
+
+    The test set's case numbers repeat the training set's, as in the challenge.
+    """
+    make_promise12_mhd(root / "TrainingData_Part1", train_numbers=(0, 1), test_numbers=())
+    make_promise12_mhd(root / "TrainingData_Part2", train_numbers=(13, 26), test_numbers=())
+    make_promise12_mhd(root / "TrainingData_Part3", train_numbers=(38,), test_numbers=())
+    make_promise12_mhd(root / "TestData", train_numbers=(), test_numbers=(0, 1))
+    return root
+
+
+def make_msd_download(root: Path) -> Path:
+    """``Task05_Prostate.tar`` as unpacked: the folder that holds ``Task05_Prostate/``."""
+    make_msd(root / "Task05_Prostate")
+    return root

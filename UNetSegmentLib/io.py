@@ -22,45 +22,57 @@ class ImageReadError(Exception):
 
 
 def read_image(path: PathLike, channel: Optional[int] = None) -> sitk.Image:
-    """Read an image file or a DICOM series folder.
+    """Read an image file or a DICOM folder.
 
-    A folder is read as the DICOM series with the most files in it.
-    ``channel`` selects one component of a multi-component image or one volume
-    of a 4D image (Decathlon T2+ADC); the result is then 3D scalar.
+    A file is first checked whole against its header (:mod:`.file_checks`: a
+    truncated or corrupted NRRD, NIfTI, MetaImage or DICOM file raises
+    ``ImageReadError``, never a partly read image). A folder is indexed and its
+    axial T2 series chosen and checked (:func:`UNetSegmentLib.dicom.read_dicom`;
+    refuses ambiguous choices and broken series). ``channel`` selects one
+    component of a multi-component image or one volume of a 4D image
+    (Decathlon T2+ADC); the result is then 3D scalar.
     """
     p = Path(path)
     if not p.exists():
         raise ImageReadError(f"input not found: {p}")
-    try:
-        if p.is_dir():
-            image = _read_dicom_folder(p)
-        else:
-            image = sitk.ReadImage(str(p))
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        reason = next((line for line in first if "ERROR" in line or "Exception" in line), first[-1] if first else "")
-        raise ImageReadError(f"cannot read {p} as an image ({reason.strip()[:200]})") from None
+    if p.is_dir():
+        from .dicom import read_dicom
+
+        image = read_dicom(p).image
+    else:
+        image = _read_file(p)
     if channel is not None:
         image = select_channel(image, channel)
     return image
 
 
-def _read_dicom_folder(folder: Path) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
-    if not series:
-        # DICOM series are often one folder deeper (patient/study/series)
-        subdirs = [d for d in sorted(folder.rglob("*")) if d.is_dir()]
-        for d in subdirs:
-            if reader.GetGDCMSeriesIDs(str(d)):
-                log.info("reading the DICOM series in %s", d)
-                return _read_dicom_folder(d)
-        raise ImageReadError(f"no DICOM series in folder {folder}")
-    files = max((reader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len)
-    if len(series) > 1:
-        log.warning("%s holds %d DICOM series; reading the largest (%d files)", folder, len(series), len(files))
-    reader.SetFileNames(files)
-    return reader.Execute()
+def _read_file(p: Path) -> sitk.Image:
+    from .file_checks import check_image_file
+
+    try:
+        check_image_file(p)
+        if _is_dicom_file(p):
+            from .dicom.integrity import check_dicom_file
+
+            check_dicom_file(p)
+        return sitk.ReadImage(str(p))
+    except PermissionError as e:
+        raise ImageReadError(f"cannot read {p} ({e.strerror})") from None
+    except IsADirectoryError:
+        raise ImageReadError(f"cannot read {p}: it is a folder") from None
+    except RuntimeError as e:
+        lines = str(e).strip().splitlines()
+        reason = next((line for line in lines if "ERROR" in line or "Exception" in line), lines[-1] if lines else "")
+        raise ImageReadError(f"cannot read {p} as an image ({reason.strip()[:200]})") from None
+
+
+def _is_dicom_file(p: Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM"
 
 
 def select_channel(image: sitk.Image, channel: int) -> sitk.Image:

@@ -14,19 +14,27 @@ Thresholds (mm are physical, along the image's own voxel axes):
   ``MIN_INPLANE_EXTENT_MM`` (30 mm, smaller than any prostate field of view);
 - values: finite (no NaN or Inf) and not all equal;
 - CT: DICOM Modality CT, or at least ``CT_AIR_FRACTION`` (5%) of the voxels at
-  or below ``CT_AIR_HU`` (-900, air in Hounsfield units) -> warning only.
+  or below ``CT_AIR_HU`` (-900, air in Hounsfield units) -> warning only;
+- not a scan but a segmentation: a ``.seg.nrrd`` (Segment metadata) or a labelmap
+  written by this tool (``unetsegment_model`` metadata); an integer image with at
+  most ``MAX_LABEL_VALUES`` (10) distinct values including 0 (a labelmap or mask);
+  a float image within [0, 1] with at least ``PROBABILITY_BACKGROUND`` (70%; a T2 scan
+  scaled to [0, 1] has at most 45% there in PROMISE12 and ProstateX) of its
+  voxels below 0.01 and some above 0.5 (a probability map) -> refused.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 
-from .io import ImageReadError, read_image
+from .file_checks import DamagedFileError
+from .io import ImageReadError, read_image, select_channel
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,10 @@ CT_AIR_FRACTION = 0.05
 SAMPLE_VOXELS = 2_000_000
 
 MODALITY_TAG = "0008|0060"
+#: metadata key this tool writes into its labelmaps (model id and version)
+OWN_OUTPUT_TAG = "unetsegment_model"
+MAX_LABEL_VALUES = 10
+PROBABILITY_BACKGROUND = 0.70
 _COMPLEX_TYPES = {sitk.sitkComplexFloat32, sitk.sitkComplexFloat64}
 
 
@@ -55,12 +67,14 @@ def validate_image(image: sitk.Image) -> List[str]:
     A DICOM Modality, if known, is read from the image's metadata key
     ``0008|0060`` (:func:`read_input` sets it for DICOM folders).
     """
+    _check_own_output(image)
     _check_shape(image)
     spacing = np.array(image.GetSpacing(), dtype=float)
     _check_geometry(image, spacing)
     warnings: List[str] = []
     warnings += _check_size(np.array(image.GetSize(), dtype=int), spacing)
     warnings += _check_values(image)
+    _check_not_a_segmentation(image)
     return warnings
 
 
@@ -155,6 +169,42 @@ def _check_values(image: sitk.Image) -> List[str]:
     return warnings
 
 
+def _check_own_output(image: sitk.Image) -> None:
+    """Refuse a segmentation file (this tool's labelmap or a Slicer .seg.nrrd), known by its metadata."""
+    keys = set(image.GetMetaDataKeys())
+    if OWN_OUTPUT_TAG in keys:
+        raise InvalidImageError(
+            f"this is a segmentation written by unetsegment ({image.GetMetaData(OWN_OUTPUT_TAG)}), not a T2 scan; "
+            "give the scan it was made from"
+        )
+    if any(k.startswith("Segment0_") for k in keys):
+        raise InvalidImageError("this is a Slicer segmentation (.seg.nrrd), not a T2 scan; give the scan itself")
+
+
+def _check_not_a_segmentation(image: sitk.Image) -> None:
+    """Refuse a labelmap, mask or probability map given as the image (known by its values)."""
+    values = sitk.GetArrayViewFromImage(image).ravel()
+    sample = values[:: max(1, values.size // SAMPLE_VOXELS)]
+    if np.issubdtype(values.dtype, np.integer) or np.all(sample == np.round(sample)):
+        distinct = np.unique(sample)
+        if len(distinct) <= MAX_LABEL_VALUES and 0 in distinct:
+            shown = ", ".join(f"{v:g}" for v in distinct)
+            share = 100.0 * np.count_nonzero(sample) / sample.size
+            raise InvalidImageError(
+                f"the image holds only the values {shown} ({share:.1f}% of voxels non-zero): it is a labelmap or mask "
+                "(a segmentation, perhaps this tool's own output), not a T2 scan"
+            )
+        return
+    lo, hi = float(sample.min()), float(sample.max())
+    if lo >= -0.01 and hi <= 1.01:  # a smoothed probability map may overshoot a little
+        background = float(np.count_nonzero(sample < 0.01)) / sample.size
+        if background >= PROBABILITY_BACKGROUND and hi > 0.5:
+            raise InvalidImageError(
+                f"the image's values lie in [0, 1] and {100 * background:.0f}% of them are below 0.01: it is a "
+                "probability map (a segmentation's output), not a T2 scan"
+            )
+
+
 def dicom_modality(folder: Union[str, Path], max_files: int = 50) -> Optional[str]:
     """The DICOM Modality (0008,0060) of the first readable DICOM file under ``folder``, or None."""
     reader = sitk.ImageFileReader()
@@ -193,20 +243,52 @@ def header_spacing(path: Union[str, Path]) -> Optional[Tuple[float, ...]]:
 def read_input(path: Union[str, Path], channel: Optional[int] = None) -> Tuple[sitk.Image, List[str]]:
     """Read an image file or DICOM folder and validate it: ``(image, warnings)``.
 
-    Raises :class:`~UNetSegmentLib.io.ImageReadError` (missing or unreadable)
-    or :class:`InvalidImageError` (readable, but not a segmentable 3D scan).
+    Raises :class:`~UNetSegmentLib.io.ImageReadError` (missing, unreadable or damaged),
+    :class:`InvalidImageError` (readable, but not a segmentable 3D scan; a broken
+    DICOM series) or ``dicom.SeriesChoiceError`` (a folder whose series to use is not clear).
     """
+    got = read_input_info(path, channel)
+    return got.image, got.warnings
+
+
+@dataclass
+class InputRead:
+    """A read and validated input; ``chosen`` says which DICOM series was read and why (None for a file)."""
+
+    image: sitk.Image
+    warnings: List[str]
+    chosen: Optional[str] = None
+    dicom: Optional[object] = None  #: ``dicom.DicomRead`` for a folder
+
+
+def read_input_info(
+    path: Union[str, Path],
+    channel: Optional[int] = None,
+    series: Optional[int] = None,
+    series_uid: Optional[str] = None,
+    resample_uneven: bool = False,
+) -> InputRead:
+    """As :func:`read_input`, with the DICOM series choice (``series`` number or ``series_uid``) and
+    ``resample_uneven`` (accept gaps and uneven slice spacing by resampling, stated in the warnings)."""
     p = Path(path)
+    if not p.exists():
+        raise ImageReadError(f"input not found: {p}")
+    if p.is_dir():
+        from .dicom import read_dicom
+
+        got = read_dicom(p, number=series, uid=series_uid, allow_uneven=resample_uneven)
+        image = got.image if channel is None else select_channel(got.image, channel)
+        return InputRead(image, got.warnings + validate_image(image), got.choice.reason, got)
+    if series is not None or series_uid is not None:
+        raise ImageReadError(f"--series and --series-uid choose a series in a DICOM folder; {p} is a file")
     try:
         image = read_image(p, channel=channel)
+    except DamagedFileError:
+        raise
     except ImageReadError:
         spacing = header_spacing(p) if p.is_file() else None
         if spacing is not None and any(not s > 0 for s in spacing):
             text = " x ".join(f"{s:g}" for s in spacing)
             raise InvalidImageError(f"the voxel spacing {text} mm in the header of {p} is zero or negative") from None
         raise
-    if p.is_dir() and not image.HasMetaDataKey(MODALITY_TAG):
-        modality = dicom_modality(p)
-        if modality:
-            image.SetMetaData(MODALITY_TAG, modality)
-    return image, validate_image(image)
+    return InputRead(image, validate_image(image))

@@ -5,6 +5,7 @@ Examples::
     python training/explore.py ../shared/data/promise12 --format promise12 -o docs/data_exploration/promise12
     python training/explore.py /data/Task05_Prostate --format msd -o runs/explore-msd
     python training/explore.py /data/mine --format pairs --label-map 1=prostate -o runs/explore-mine
+    python training/explore.py /data/PROMISE12 -o runs/explore-promise12   # format recognised from the folder
     python training/explore.py ../shared/data/prostatex/ProstateX-0000/dicom/t2w --format image \\
         --label ../shared/data/prostatex/ProstateX-0000/labels/zonal_pz1_tz2_AI_Yuan23.nii.gz \\
         --label-map 1=pz,2=tz -o docs/data_exploration/prostatex
@@ -565,7 +566,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description="Per-case and summary statistics of a prostate MRI dataset, with a Markdown report."
     )
     p.add_argument("data", help="dataset folder (or, with --format image, one image file or DICOM series folder)")
-    p.add_argument("--format", default="pairs", choices=FORMATS, help="dataset reader (default: pairs)")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="dataset reader (default: recognised from the folder: PROMISE12, MSD Task05, NCI-ISBI, pairs or an image)",
+    )
     p.add_argument("--label-map", default="", help="label values for pairs/image, e.g. 1=prostate or 1=pz,2=tz")
     p.add_argument("--image-suffix", default="_image", help="pairs: image name suffix (default _image)")
     p.add_argument("--label-suffix", default="_label", help="pairs: label name suffix (default _label)")
@@ -587,6 +592,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
+        if args.format is None:
+            from training.data.detect import detect_format
+
+            detected = detect_format(args.data)
+            args.format = detected.format
+            print(f"Recognised {detected.format}: {detected.found}")
+            args.argv = args.argv + ["--format", detected.format]  # the report's command states it
         cases = load_cases(args)
         report = explore(cases, Path(args.output), args)
     except (FileNotFoundError, ValueError, KeyError, ImageReadError) as e:

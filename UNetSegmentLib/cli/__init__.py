@@ -1,7 +1,8 @@
-"""The ``unetsegment`` command line: segment, batch, demo, models, info.
+"""The ``unetsegment`` command line: segment, batch, series, demo, models, info.
 
     unetsegment segment t2.nrrd -o t2_prostate.nrrd --seg-nrrd t2_prostate.seg.nrrd
     unetsegment batch scans/ -o results/ --csv results/summary.csv
+    unetsegment series dicom_study/
     unetsegment demo
     unetsegment models list
 
@@ -22,7 +23,7 @@ from typing import Optional, Sequence
 
 from .. import __version__
 from ..progress import PROGRESS_MODES, ProgressReporter, format_error_line
-from . import batch, demo, info, models, segment
+from . import batch, demo, info, models, segment, series
 from .common import (
     EPILOG,
     EXIT_CANCELLED,
@@ -119,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     fmt = {"formatter_class": argparse.RawDescriptionHelpFormatter, "epilog": EPILOG}
 
-    for command in (segment, batch, demo, models, info):
-        command.add_parser(sub, [common] if command in (models, info) else [common, run], **fmt)
+    for command in (segment, batch, series, demo, models, info):
+        command.add_parser(sub, [common] if command in (models, info, series) else [common, run], **fmt)
     return parser
 
 

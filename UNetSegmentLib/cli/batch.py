@@ -33,6 +33,7 @@ from .common import (
     resolve_model,
     structure_names,
 )
+from .series import add_input_options, read_case, series_folder
 
 #: Input file types ``batch`` picks up (a sub-folder is a case if it holds a DICOM series).
 INPUT_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -41,12 +42,16 @@ BATCH_FORMATS = {"nrrd": "_segmentation.nrrd", "nii.gz": "_segmentation.nii.gz",
 
 def add_parser(sub, parents, **fmt) -> None:
     p = sub.add_parser("batch", parents=parents, help="segment every image in a folder", **fmt)
-    p.add_argument("input_dir", help="folder of image files and/or DICOM series folders")
+    p.add_argument(
+        "input_dir",
+        help="folder of image files and/or DICOM folders; each DICOM tree gives one case per study (its axial T2)",
+    )
     p.add_argument("-o", "--output-dir", required=True, help="folder for the labelmaps and summary.csv")
     p.add_argument("--pattern", default="*", help="only names matching this glob (e.g. '*_t2w.nii.gz')")
     p.add_argument("--csv", metavar="PATH", help="summary CSV (default: OUTPUT_DIR/summary.csv)")
     p.add_argument("--format", default="nrrd", choices=sorted(BATCH_FORMATS), help="output file type (default: nrrd)")
     extras.add_batch_arguments(p)
+    add_input_options(p)
     d = p.add_argument_group(
         "distributed (Dask; pip install 'unetsegment[dask]')",
         "Cases go to Dask workers, each of which builds its predictor once. A rerun skips the cases "
@@ -55,6 +60,16 @@ def add_parser(sub, parents, **fmt) -> None:
     d.add_argument("--workers", type=positive_int, metavar="N", help="a local cluster of N worker processes")
     d.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://host:8786")
     p.set_defaults(func=run)
+
+
+class _Prefixed:
+    """A reporter whose warnings start with the case name."""
+
+    def __init__(self, reporter: ProgressReporter, name: str) -> None:
+        self._reporter, self._name = reporter, name
+
+    def warning(self, message: str) -> None:
+        self._reporter.warning(f"{self._name}: {message}")
 
 
 def _input_extension(name: str) -> Optional[str]:
@@ -103,6 +118,52 @@ def find_cases(folder: Path, pattern: str = "*", skip: Sequence[Path] = ()) -> L
     return unique
 
 
+def study_cases(name: str, folder: Path) -> List[Tuple[str, Path, Optional[str], Optional[Exception]]]:
+    """One case per study of the DICOM tree ``folder``: ``(name, folder, series uid, error)``.
+
+    The series is the study's axial T2 (``dicom.choice``), refused when it shares
+    its folder with a look-alike series (as ``segment`` refuses it). A study whose
+    choice is not clear gets ``error`` (exit 2, naming the series to choose from).
+    With several studies the names get ``_<patient>_<date>``.
+    """
+    from ..dicom import NoDicomError, SeriesIntegrityError, index_folder
+    from ..dicom.choice import study_choices
+    from ..dicom.read import check_folder_not_mixed
+
+    try:
+        index = index_folder(folder)
+    except NoDicomError as e:
+        return [(name, folder, None, e)]
+    choices = study_choices(index)
+    studies = index.studies()
+    out: List[Tuple[str, Path, Optional[str], Optional[Exception]]] = []
+    for key, choice, error in choices:
+        case = name
+        if len(choices) > 1:
+            first = studies[key][0]
+            case = f"{name}_{key[0] or 'patient'}_{first.study_date or first.number}"
+        if choice is None:
+            out.append((case, folder, None, CliError(EXIT_USAGE, str(error))))
+            continue
+        try:
+            check_folder_not_mixed(index, choice.series)
+        except SeriesIntegrityError as e:
+            out.append((case, folder, None, e))
+            continue
+        out.append((case, folder, choice.series.uid, None))
+    return out
+
+
+def _is_dicom_tree(folder: Path) -> bool:
+    """A folder that is itself a DICOM tree: a DICOMDIR, or DICOM files directly in it."""
+    if (folder / "DICOMDIR").is_file():
+        return True
+    from ..dicom.index import _read_header
+
+    files = [p for p in sorted(folder.iterdir())[:20] if p.is_file() and _input_extension(p.name) is None]
+    return any(_read_header(p)[0] is not None for p in files[:5])
+
+
 def write_csv(path: Path, rows: List[Dict[str, Any]], columns: List[str]) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
@@ -139,22 +200,26 @@ def segment_case(
     reporter: ProgressReporter,
     cancel: Cancellation,
     t0: float,
+    series_uid: Optional[str] = None,
+    choice_problem: Optional[BaseException] = None,
 ) -> Dict[str, Any]:
     """Read, check, segment and write one case and its extra outputs (all-or-nothing).
 
     ``args``: ``overwrite``, ``channel`` and the extra outputs' flags (``extras.BATCH_SUFFIXES``).
+    ``series_uid``: the study's series (``study_cases``); ``choice_problem``: why it has none.
     Fills ``row`` and returns the result; raises on failure (``classify_error`` turns the
     exception into the row's exit code and message).
     """
-    from ..validation import read_input
-
     name = row["case"]
     job = SegmentJob(path, check_output(output, args.overwrite, LABELMAP_EXTENSIONS, "output", [path]))
     job.extras = _case_extras(args, name, path, output.parent, psa)
     reporter("loading", 0.0, f"{name}: reading")
-    image, warnings = read_input(path, args.channel)
-    for w in warnings:
-        reporter.warning(f"{name}: {w}")
+    if choice_problem is not None:
+        raise choice_problem
+    got = read_case(path, args, _Prefixed(reporter, name), series_uid=series_uid)
+    image, warnings = got.image, got.warnings
+    row["series"] = got.chosen or ""
+    job.dicom_source = series_folder(got)
     result = predict_and_write(job, image, warnings, predictor, reporter, cancel, t0)
     row.update(status="ok", exit_code=EXIT_OK, error="", warnings="; ".join(warnings))
     row.update({f"{k}_ml": v for k, v in result["volumes_ml"].items()})
@@ -172,13 +237,16 @@ def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellati
         raise CliError(EXIT_OUTPUT, f"the output folder {out_dir} is a file")
     check_writable_folder(out_dir)
     csv_path = check_output(Path(args.csv) if args.csv else out_dir / "summary.csv", True, (".csv",), "summary")
-    cases = find_cases(in_dir, args.pattern, skip=[out_dir])
+    found = [(in_dir.name, in_dir)] if _is_dicom_tree(in_dir) else find_cases(in_dir, args.pattern, skip=[out_dir])
+    cases: List[Tuple[str, Path, Optional[str], Optional[Exception]]] = []
+    for name, path in found:
+        cases += study_cases(name, path) if path.is_dir() else [(name, path, None, None)]
     if not cases:
         raise CliError(
             EXIT_INPUT,
             f"no images (NIfTI, NRRD, MetaImage or DICOM series folders) matching {args.pattern!r} in {in_dir}",
         )
-    psa_by_case = _read_clinical(args.clinical, [name for name, _ in cases], reporter)
+    psa_by_case = _read_clinical(args.clinical, [case[0] for case in cases], reporter)
     if args.report:
         extras.require("matplotlib", "report", "--report")
     if args.dicom_seg:
@@ -188,7 +256,7 @@ def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellati
     package = resolve_model(args.model, args.offline, reporter, cancel)
     structures = [lab.structure.name for lab in package.info.labels]
     columns = (
-        ["case", "input", "status", "exit_code", "error", "output"]
+        ["case", "input", "series", "status", "exit_code", "error", "output"]
         + [f"{s}_ml" for s in structures]
         + ["gland_ml", "psa_ng_ml", "psa_density"]
         + (["transition_zone_psa_density"] if "transition_zone" in structures else [])
@@ -204,13 +272,25 @@ def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellati
     rows: List[Dict[str, Any]] = []
     first_failure = EXIT_OK
     print(f"Segmenting {len(cases)} case(s) from {in_dir} with {package.info.id} {package.info.version}")
-    for i, (name, path) in enumerate(cases):
+    for i, (name, path, series_uid, choice_problem) in enumerate(cases):
         reporter.begin_span(i / len(cases), (i + 1) / len(cases))
         t0 = time.perf_counter()
         output = output_for(out_dir, name, args.format)
         row = case_row(name, path, output)
         try:
-            result = segment_case(row, path, output, args, psa_by_case.get(name), predictor, reporter, cancel, t0)
+            result = segment_case(
+                row,
+                path,
+                output,
+                args,
+                psa_by_case.get(name),
+                predictor,
+                reporter,
+                cancel,
+                t0,
+                series_uid,
+                choice_problem,
+            )
             index_rows.append(index_row(name, result))
             vols = ", ".join(
                 f"{structure_names(predictor).get(k, k)} {v:.1f} mL" for k, v in result["volumes_ml"].items()

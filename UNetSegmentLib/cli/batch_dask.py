@@ -37,7 +37,7 @@ PREDICTOR_OPTIONS = ("device", "quality", "precision", "threads", "backend")
 #: (and the extra outputs asked for, ``extras.BATCH_SUFFIXES``, and the case's PSA).
 RESULT_OPTIONS = ("quality", "precision", "channel", "backend")
 #: ``args`` attributes a worker needs to write a case as ``batch`` does.
-CASE_OPTIONS = ("channel", "dicom_seg", "uncertainty", "report")
+CASE_OPTIONS = ("channel", "dicom_seg", "uncertainty", "report", "resample_uneven")
 CSV_EVERY_S = 10.0
 
 _predictors: Dict[Tuple, Any] = {}
@@ -148,6 +148,8 @@ def segment_remote(
     package_path: str,
     options: Dict[str, Any],
     record_key: Dict[str, Any],
+    series_uid: Optional[str] = None,
+    choice_problem: Optional[Tuple[int, str]] = None,
 ) -> Dict[str, Any]:
     """One case on a worker: its summary row, with its ``--report`` index entry under ``"_index"``.
 
@@ -172,7 +174,8 @@ def segment_remote(
         predictor = cached_predictor(package_path, options)
         args = argparse.Namespace(overwrite=overwrite, **case_options)
         silent = ProgressReporter("none")
-        result = segment_case(row, path, out, args, psa, predictor, silent, Cancellation(), t0)
+        problem = CliError(*choice_problem) if choice_problem else None  # (exit code, message): picklable
+        result = segment_case(row, path, out, args, psa, predictor, silent, Cancellation(), t0, series_uid, problem)
         row["seconds"] = round(time.perf_counter() - t0, 2)
         row["_index"] = index_row(name, result)
         write_record(out, path, input_sha256, key, row)
@@ -285,7 +288,7 @@ def run_distributed(
     args: argparse.Namespace,
     reporter: ProgressReporter,
     cancel: Cancellation,
-    cases: Sequence[Tuple[str, Path]],
+    cases: Sequence[Tuple[str, Path, Optional[str], Optional[BaseException]]],
     out_dir: Path,
     csv_path: Path,
     package,
@@ -310,7 +313,7 @@ def run_distributed(
         )
         run_id = uuid.uuid4().hex[:8]
 
-        def submit(i: int, name: str, path: Path):
+        def submit(i: int, name: str, path: Path, series_uid: Optional[str], problem: Optional[BaseException]):
             output = output_for(out_dir, name, args.format)
             may_replace = bool(args.overwrite) or not output.exists()  # not there before: a retry may replace it
             future = client.submit(
@@ -325,6 +328,8 @@ def run_distributed(
                 str(package.path),
                 options,
                 key,
+                series_uid,
+                classify_error(problem) if problem is not None else None,
                 key=f"unetsegment-{run_id}-{i}-{name}",
                 pure=False,
             )
@@ -335,7 +340,7 @@ def run_distributed(
         client.close()
         if cluster is not None:
             cluster.close()
-        _remove_stale_temporaries(out_dir, [n for n, _ in cases])
+        _remove_stale_temporaries(out_dir, [case[0] for case in cases])
     index_rows = [r.pop("_index", None) or {"case": r["case"], "status": r["status"]} for r in rows]
     code = _summarise(rows, out_dir, csv_path, reporter)
     if getattr(args, "report", False):
@@ -379,8 +384,8 @@ def _collect(client, cases, submit, cancel, csv_path, columns, bar) -> List[Dict
             nxt = next(todo, None)
             if nxt is None:
                 return
-            i, (name, path) = nxt
-            future, spec = submit(i, name, path)
+            i, (name, path, series_uid, problem) = nxt
+            future, spec = submit(i, name, path, series_uid, problem)
             in_flight[future] = spec
             done.add(future)
 

@@ -34,11 +34,17 @@ exit codes:
   {EXIT_OK}    success
   {EXIT_INTERNAL}    unexpected internal error (rerun with --debug to see the traceback)
   {EXIT_USAGE}    bad command line, --device cuda without a GPU, a --backend that is not
-       installed, or --precision bfloat16 on a CPU without native bfloat16
-  {EXIT_INPUT}    input missing or unreadable
+       installed, --precision bfloat16 on a CPU without native bfloat16, or a DICOM
+       folder whose series to read is not clear (none or several axial T2): the
+       numbered list is printed; choose with --series N or --series-uid UID
+  {EXIT_INPUT}    input missing, unreadable or damaged (truncated or corrupted file,
+       an unreadable file in the DICOM series, an undecodable compression)
   {EXIT_INVALID_IMAGE}    invalid image: 2D, 4D or multi-component without --channel, empty,
        constant, NaN/Inf values, voxel spacing <= 0, < 0.05 mm or > 20 mm,
-       fewer than 3 slices, or less than 30 mm in-plane
+       fewer than 3 slices, or less than 30 mm in-plane; a labelmap, mask,
+       probability map or segmentation instead of a scan; a DICOM series that
+       is not whole (missing or duplicated slices, uneven spacing without
+       --resample-uneven, mixed orientations, sizes or series)
   {EXIT_MODEL}    model not found, fails its checksum, or not a valid model package
   {EXIT_DOWNLOAD}    model download failed
   {EXIT_OUTPUT}    output cannot be written (folder not writable, unknown extension,
@@ -193,6 +199,8 @@ class SegmentJob:
     seg_nrrd: Optional[Path] = None
     volumes_json: Optional[Path] = None
     extras: Any = None  #: ``extras.Extras``: DICOM SEG, uncertainty map, report picture, PSA
+    #: the folder of the DICOM series read (a study tree's chosen T2), for its tags and the SEG's references
+    dicom_source: Optional[Path] = None
 
 
 # -- the pipeline ------------------------------------------------------------------------------
@@ -270,6 +278,8 @@ def predict_and_write(
     reporter("writing", 0.0, first_output.name if first_output else "")
     labels = predictor.info.labels
     staged = StagedWrites()
+    # marks the labelmap as this tool's output (kept in NRRD and MetaImage), so it is refused as an input
+    prediction.labelmap.SetMetaData("unetsegment_model", f"{predictor.info.id} {predictor.info.version}")
     try:
         writes = [(prediction.labelmap, p) for p in (job.labelmap, job.seg_nrrd) if p is not None] + list(extra_images)
         for image_out, path in writes:
@@ -292,8 +302,9 @@ def predict_and_write(
             "seconds": round(time.perf_counter() - t_start, 2),
             "warnings": list(warnings),
         }
-        result.update(analyse(prediction, image, job.input, predictor.info, extras.psa))
-        write_extras(extras, prediction, image, job.input, predictor.info, result, staged, job.input.name)
+        source = job.dicom_source or job.input
+        result.update(analyse(prediction, image, source, predictor.info, extras.psa))
+        write_extras(extras, prediction, image, source, predictor.info, result, staged, job.input.name)
         if job.volumes_json is not None:
             try:
                 tmp = staged.temp_for(job.volumes_json)
@@ -349,8 +360,11 @@ def classify_error(e: BaseException) -> Tuple[int, str]:
     from ..validation import InvalidImageError
 
     runtime = sys.modules.get("UNetSegmentLib.runtime")
+    choice = sys.modules.get("UNetSegmentLib.dicom.choice")
     if isinstance(e, CliError):
         return e.code, e.message
+    if choice is not None and isinstance(e, choice.SeriesChoiceError):
+        return EXIT_USAGE, _one_line(e)
     if isinstance(e, (KeyboardInterrupt, DownloadCancelled)) or (
         runtime is not None and isinstance(e, runtime.CancelledError)
     ):

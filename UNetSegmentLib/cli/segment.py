@@ -24,11 +24,15 @@ from .common import (
     resolve_model,
     structure_names,
 )
+from .series import add_input_options, read_case, series_folder
 
 
 def add_parser(sub, parents, **fmt) -> None:
     p = sub.add_parser("segment", parents=parents, help="segment one image", **fmt)
-    p.add_argument("input", help="image file (NRRD, NIfTI, MetaImage) or DICOM folder")
+    p.add_argument(
+        "input",
+        help="image file (NRRD, NIfTI, MetaImage) or DICOM folder (a series or a study tree: the axial T2 is chosen)",
+    )
     p.add_argument(
         "-o",
         "--output",
@@ -44,13 +48,12 @@ def add_parser(sub, parents, **fmt) -> None:
         help="write the volumes (mL), confidence, quality flags, PSA density and run details as JSON",
     )
     extras.add_segment_arguments(p)
+    add_input_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellation) -> int:
     check_runtime_options(args)
-    from ..validation import read_input
-
     t_start = time.perf_counter()
     source = Path(args.input).expanduser().absolute()
     outputs = extras.Extras(psa=args.psa)
@@ -80,9 +83,9 @@ def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellati
     extras.check_requirements(outputs, source)
 
     reporter("loading", 0.0, f"reading {source.name}")
-    image, warnings = read_input(source, args.channel)
-    for w in warnings:
-        reporter.warning(w)
+    got = read_case(source, args, reporter)
+    image, warnings = got.image, got.warnings
+    job.dicom_source = series_folder(got)
     cancel.check()
     package = resolve_model(args.model, args.offline, reporter, cancel)
     predictor = build_predictor(package, args)

@@ -77,11 +77,23 @@ def _from_folders(root: Path) -> Tuple[List[Tuple[str, Optional[str]]], List[str
     return train, [str(p) for p in images("imagesTs")]
 
 
+TASK = "Task05_Prostate"
+
+
+def task_folder(root: Path) -> Path:
+    """``root`` itself, or its ``Task05_Prostate`` sub-folder when ``root`` is where the archive was unpacked."""
+    if (root / "dataset.json").exists() or (root / "imagesTr").is_dir():
+        return root
+    inner = root / TASK
+    return inner if inner.is_dir() else root
+
+
 def read_msd(folder: str) -> List[Case]:
-    """All cases of a Task05_Prostate folder: training with labels, test without."""
+    """All cases of a Task05_Prostate folder (or the folder it was unpacked in): training with labels, test without."""
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder {folder} does not exist")
+    root = task_folder(root)
     meta_file = root / "dataset.json"
     if meta_file.exists():
         try:
