@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -220,7 +221,8 @@ def test_inference_main_side_by_side_with_stand_in_tools(tmp_path):
         s["ours"]["peak_rss_mib"]["median"] / s["taps"]["peak_rss_mib"]["median"]
     )
     md = (tmp_path / "results").glob("inference-*.md").__next__().read_text(encoding="utf-8")
-    assert "speed-up: TAPS time / ours" in md and ">= 5" in md and "<= 0.5" in md
+    assert "speed-up: TAPS time / ours" in md
+    assert f">= {bench_inference.SPEEDUP_TARGET:g}" in md and f"<= {bench_inference.MEMORY_TARGET:g}" in md
 
 
 def test_inference_main_reports_a_failing_tool(tmp_path, capsys):
@@ -268,65 +270,147 @@ def test_label_agreement_per_label():
     assert a["label_1"] == pytest.approx(2 * 16 / (32 + 16))
 
 
-def test_cpu_options_main_tiny(tmp_path, tiny_package):
-    sitk.WriteImage(synthetic_image((48, 48, 12)), str(tmp_path / "image.nii.gz"))
+def test_cpu_options_skip_reasons(tiny_package, monkeypatch):
+    from UNetSegmentLib import runtime
+
+    reason = bench_cpu_options.skip_reason
+    assert reason("ort-fp32", tiny_package, native_bf16=False) is None
+    assert "native bf16" in reason("ov-bf16", tiny_package, native_bf16=False)
+    assert "native bf16" in reason("torch-cl-bf16", tiny_package, native_bf16=False)
+    assert reason("torch-cl-bf16", tiny_package, native_bf16=True) is None
+    monkeypatch.setattr(runtime, "openvino_installed", lambda: False)
+    assert "OpenVINO is not installed" in reason("ov-fp32", tiny_package, native_bf16=True)
+    assert reason("torch-ncdhw-fp32", tiny_package, native_bf16=True) is None
+    assert set(bench_cpu_options.VARIANTS) == {
+        "ort-fp32", "ov-fp32", "ov-bf16", "torch-ncdhw-fp32", "torch-cl-fp32", "torch-cl-bf16"
+    }  # fmt: skip
     with pytest.raises(SystemExit):
-        bench_cpu_options.parse_args(["--variants", "ncdhw-fp32,fast"])
-    argv = [
-        "--model",
-        str(tiny_package.path),
-        "--input",
-        str(tmp_path / "image.nii.gz"),
-        "--variants",
-        "ncdhw-fp32,cl-fp32",
-    ]
+        bench_cpu_options.parse_args(["--variants", "ort-fp32,fast"])
+    assert bench_cpu_options.parse_args(["--threads", "1"]).threads == [1]
+    assert bench_cpu_options.parse_args([]).threads[0] == 1
+
+
+def test_cpu_options_main_tiny(tmp_path, tiny_package, monkeypatch):
+    from UNetSegmentLib import hardware
+
+    # a CPU without native bf16 (AVX2), whatever this one has: the bf16 variant is skipped with a note
+    avx2 = hardware.CpuInfo(model="Test CPU", isa="AVX2", native_bf16=False, cores=2)
+    monkeypatch.setattr(hardware, "cpu_info", lambda: avx2)
+    sitk.WriteImage(synthetic_image((48, 48, 12)), str(tmp_path / "image.nii.gz"))
+    argv = ["--model", str(tiny_package.path), "--input", str(tmp_path / "image.nii.gz")]
+    argv += ["--variants", "ort-fp32,torch-cl-fp32,ov-bf16,ov-fp32"]
     argv += ["--threads", "1", "--repeats", "1", "--warmup", "0", "--out-dir", str(tmp_path)]
     assert bench_cpu_options.main(argv) == 0
     res = _only_result(tmp_path, "cpu_options")
-    assert res["baseline"] == "ncdhw-fp32@1t"
-    assert list(res["variants"]) == ["ncdhw-fp32@1t", "cl-fp32@1t"]
-    base, cl = res["variants"]["ncdhw-fp32@1t"], res["variants"]["cl-fp32@1t"]
-    assert base["memory_format"] == "contiguous" and cl["memory_format"] == "channels_last"
+    assert res["baseline"] == "ort-fp32@1t"
+    assert list(res["variants"]) == ["ort-fp32@1t", "torch-cl-fp32@1t", "ov-fp32@1t"]
+    assert list(res["skipped"]) == ["ov-bf16"] and "native bf16" in res["skipped"]["ov-bf16"]
+    md = next(tmp_path.glob("cpu_options-*.md")).read_text(encoding="utf-8")
+    assert "- skipped ov-bf16: this CPU has no native bf16" in md
+    rows = res["variants"]
+    assert [r["backend"] for r in rows.values()] == ["onnxruntime", "torch", "openvino"]
+    assert all(r["threads"] == 1 and r["runtime_threads"] == 1 for r in rows.values())
+    assert rows["torch-cl-fp32@1t"]["memory_format"] == "channels_last"
+    assert rows["ov-fp32@1t"]["precision"] == "float32"
+    base, cl = rows["ort-fp32@1t"], rows["torch-cl-fp32@1t"]
     assert base["speedup_inference"] == 1.0 and base["agreement"]["gland"] == 1.0
-    assert cl["agreement"]["gland"] > 0.99  # fp32 in either layout: the same labels
+    # float32 in each runtime: the same network, the same labels
+    assert cl["agreement"]["gland"] > 0.99 and rows["ov-fp32@1t"]["agreement"]["gland"] > 0.99
     assert cl["inference_s"]["n"] == 1 and cl["total_s"]["median"] >= cl["inference_s"]["median"]
     assert cl["cpu_s"]["median"] > 0
+    env = res["environment"]
+    assert (env["cpu"], env["cpu_isa"], env["cpu_native_bf16"]) == ("Test CPU", "AVX2", False)
+    assert env["backend"] == "onnxruntime" and env["threads"] == [1]
+
+
+def test_cpu_options_nothing_runnable(tmp_path, tiny_package, monkeypatch, capsys):
+    from UNetSegmentLib import runtime
+
+    sitk.WriteImage(synthetic_image((16, 16, 4)), str(tmp_path / "image.nii.gz"))
+    monkeypatch.setattr(runtime, "openvino_installed", lambda: False)
+    argv = ["--model", str(tiny_package.path), "--input", str(tmp_path / "image.nii.gz"), "--variants", "ov-fp32"]
+    assert bench_cpu_options.main(argv + ["--out-dir", str(tmp_path / "r")]) == 1
+    assert "no variant can run here (ov-fp32: OpenVINO is not installed" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 # --- bench_network ---------------------------------------------------------------
 
 
-def test_network_main_tiny(tmp_path, tiny_package):
+def test_environment_records_cpu_runtimes_and_threads_without_importing_torch():
+    from UNetSegmentLib.hardware import cpu_summary
+
+    env = common.environment(backend="openvino", threads=3)
+    assert env["cpu"] == cpu_summary()["model"] and env["cpu_isa"] == cpu_summary()["isa"]
+    assert env["backend"] == "openvino" and env["threads"] == 3
+    import onnxruntime
+
+    assert env["onnxruntime"] == onnxruntime.__version__ and env["torch"] == torch.__version__
+    assert set(common.runtime_versions()) == {"onnxruntime", "openvino", "torch"}
+    code = (
+        "import sys; from benchmarks import common; env = common.environment(); "
+        "assert 'torch' not in sys.modules, 'torch imported'; assert env['torch'] and env['threads'] >= 1"
+    )
+    repo = Path(common.__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_conv_onnx_model_is_the_convolution(tiny_package):
+    """The microbenchmark's one-node ONNX model computes a 3x3x3 same-padded convolution."""
+    import onnx
+    import onnxruntime as ort
+
+    data = bench_network.conv_onnx_model(3, seed=5)
+    weight = torch.from_numpy(np.array(onnx.numpy_helper.to_array(onnx.load_from_string(data).graph.initializer[0])))
+    x = np.random.default_rng(0).standard_normal((1, 3, 4, 6, 5)).astype(np.float32)
+    y = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    expected = torch.nn.functional.conv3d(torch.from_numpy(x), weight, padding=1).numpy()
+    assert y.shape == (1, 3, 4, 6, 5) and np.abs(y - expected).max() < 1e-4 and np.abs(expected).max() > 0.1
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino", "torch"])
+def test_network_main_tiny(tmp_path, tiny_package, backend):
+    from UNetSegmentLib.hardware import cpu_info
     from UNetSegmentLib.network import conv_flops
-    from UNetSegmentLib.preprocessing import preprocess_image
-    from UNetSegmentLib.sliding_window import window_count
 
     image = synthetic_image((48, 48, 12))
     sitk.WriteImage(image, str(tmp_path / "image.nii.gz"))
-    argv = [
-        "--model",
-        str(tiny_package.path),
-        "--input",
-        str(tmp_path / "image.nii.gz"),
-        "--repeats",
-        "1",
-        "--warmup",
-        "0",
-    ]
-    argv += ["--micro-channels", "4", "--micro-size", "4,16,16", "--precision", "float32", "--out-dir", str(tmp_path)]
+    argv = ["--model", str(tiny_package.path), "--input", str(tmp_path / "image.nii.gz"), "--backend", backend]
+    argv += ["--repeats", "1", "--warmup", "0", "--threads", "1", "--precision", "float32"]
+    argv += ["--micro-channels", "4", "--micro-size", "4,16,16", "--out-dir", str(tmp_path)]
     assert bench_network.main(argv) == 0
     res = _only_result(tmp_path, "network")
     patch = tiny_package.info.inference.patch_size_zyx
-    shape, _ = preprocess_image(image, tiny_package.info.preprocessing)
-    net = res["network"]
+    net, micro, floor = res["network"], res["microbenchmark"], res["floor"]
+    assert net["backend"] == backend and net["threads"] == 1 and net["precision"] == "float32"
     # standard quality: the plain pass and the package's one test-time flip (x)
     assert net["passes"] == 2 and tiny_package.info.inference.test_time_flips == ("x",)
-    assert net["windows"] == 2 * window_count(shape.shape, patch, tiny_package.info.inference.overlap)
-    assert net["flops_per_forward"] == conv_flops(tiny_package.build_network(), patch)
-    assert net["flops_per_image"] == net["flops_per_forward"] * net["windows"] and net["dtype"] == "float32"
-    assert net["inference_s"]["n"] == 1 and net["predict_cpu_s"]["n"] == 1 and net["forward_gflops"] > 0
-    assert set(res["microbenchmark"]) == {"NCDHW fp32", "channels-last fp32", "channels-last bf16"}
-    assert all(m["flops"] == 2 * 4 * 4 * 27 * 4 * 16 * 16 and m["gflops"] > 0 for m in res["microbenchmark"].values())
+    assert net["flops_per_patch"] == conv_flops(tiny_package.build_network(), patch)
+    assert net["flops_per_voxel"] * np.prod(patch) == pytest.approx(net["flops_per_patch"])
+    assert sum(lv["flops"] for lv in net["flops_by_level"]) == net["flops_per_patch"]
+    assert net["flops_by_level"][0]["size_zyx"] == list(patch)
+    # the work is what the passes computed: at least the grid once, windows padded to the patch
+    assert net["computed_voxels"] >= min(net["grid_voxels"], int(np.prod(patch))) > 0
+    assert net["floor_work_flops"] == pytest.approx(net["flops_per_voxel"] * net["computed_voxels"])
+    assert micro["engine"].startswith(backend) and micro["threads"] == 1
+    assert micro["flops"] == 2 * 4 * 4 * 27 * 4 * 16 * 16 and micro["gflops"] > 0
+    assert floor["floor_s"] == pytest.approx(net["floor_work_flops"] / (micro["gflops"] * 1e9))
+    assert floor["ratio"] == pytest.approx(net["inference_s"]["min"] / floor["floor_s"]) and floor["ratio"] > 0
+    assert floor["verdict"] == ("met" if floor["ratio"] <= 1.5 else "missed") and floor["target"] == 1.5
+    assert net["inference_s"]["n"] == 1 and net["forward_gflops"] > 0
+    env = res["environment"]
+    assert env["cpu_isa"] == cpu_info().isa and env["backend"] == backend and env["threads"] == 1
+    md = next(tmp_path.glob("network-*.md")).read_text(encoding="utf-8")
+    assert "network time / floor (target <= 1.5)" in md and f"{floor['ratio']:.2f} {floor['verdict']}" in md
+
+
+def test_network_micro_defaults_to_the_full_resolution_layer(tiny_package):
+    assert bench_network.full_resolution_width(tiny_package) == 8  # base_channels 4
+    args = bench_network.parse_args(["--model", str(tiny_package.path)])
+    assert args.micro_channels is None and args.micro_size is None and args.backend == "auto"
+    with pytest.raises(SystemExit):
+        bench_network.parse_args(["--backend", "tensorrt"])
 
 
 # --- bench_training ----------------------------------------------------------------

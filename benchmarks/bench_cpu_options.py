@@ -1,23 +1,26 @@
-"""CPU inference options side by side: memory format, precision, threads.
+"""CPU runtimes side by side: ONNX Runtime, OpenVINO and PyTorch, float32 and bf16, 1 and N threads.
 
-    python benchmarks/bench_cpu_options.py                     # bundled model on ProstateX-0000
-    python benchmarks/bench_cpu_options.py --model /tmp/pkg --repeats 1 --threads 2
+    python benchmarks/bench_cpu_options.py                     # bundled model on ProstateX-0000, every variant
+    python benchmarks/bench_cpu_options.py --model /tmp/pkg --variants ort-fp32,ov-fp32 --threads 2 --repeats 1
 
-The same model segments the same image with each variant, through
-``UNetSegmentLib.inference.Predictor``:
+The same model segments the same image with each runtime configuration, through
+``UNetSegmentLib.inference.Predictor(backend=..., precision=..., memory_format=..., threads=...)``:
 
-- ``ncdhw-fp32``: NCDHW (contiguous) float32, the baseline;
-- ``cl-fp32``: channels-last (NDHWC) float32;
-- ``cl-bf16``: channels-last under bf16 autocast (float32 weights);
+- ``ort-fp32``: ONNX Runtime, float32: the default on CPUs without native bf16, the baseline;
+- ``ov-fp32`` / ``ov-bf16``: OpenVINO on the same ``model.onnx``, float32 / bf16 inference precision;
+- ``torch-ncdhw-fp32`` / ``torch-cl-fp32``: PyTorch in NCDHW / channels-last (NDHWC) layout, float32;
+- ``torch-cl-bf16``: PyTorch channels-last under bf16 autocast (float32 weights);
 
-each at every thread count of ``--threads`` (default 1 and 2). The baseline is
-the first variant at the highest thread count. After one warm-up each the
-variants alternate. Reported per variant: median time of the whole ``predict``
-call and of its inference stage, the speed-up against the baseline, and the
-agreement of its labelmap with the baseline's (Dice of the whole gland and the
-lowest Dice over the labels), so an option is kept only where it holds accuracy.
-The process CPU time of each ``predict`` is shown too: a wall time far above
-CPU time / threads means the machine was busy and the run should be repeated.
+each at every thread count of ``--threads`` (default 1 and the CPUs this process may use).
+A variant that cannot run here is skipped with a note: its runtime is not installed, the
+package has no ``model.onnx``, or it is bf16 on a CPU without native bf16 (AVX-512 BF16 or
+AMX), where bf16 is emulated and many times slower. The baseline is the first variant that
+runs, at the most threads. After one warm-up each the variants alternate. Reported per
+variant: median time of the whole ``predict`` call and of its inference stage, the
+speed-up against the baseline, and the agreement of its labelmap with the baseline's (Dice
+of the whole gland and the lowest Dice over the labels), so an option is kept only where
+it holds accuracy. The process CPU time of each ``predict`` is shown too: a wall time far
+above CPU time / threads means the machine was busy and the run should be repeated.
 """
 
 from __future__ import annotations
@@ -26,14 +29,13 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
-import torch  # noqa: E402
 
 from benchmarks.common import (  # noqa: E402
     add_case_arguments,
@@ -49,13 +51,22 @@ from benchmarks.common import (  # noqa: E402
     summarize,
     write_results,
 )
-from UNetSegmentLib.cli import QUALITIES  # noqa: E402
+from UNetSegmentLib.inference import QUALITIES  # noqa: E402
 
-#: variant name -> (Predictor memory_format, precision)
-VARIANTS: Dict[str, Tuple[str, str]] = {
-    "ncdhw-fp32": ("contiguous", "float32"),
-    "cl-fp32": ("channels_last", "float32"),
-    "cl-bf16": ("channels_last", "bfloat16"),
+
+class Variant(NamedTuple):
+    backend: str  #: "onnxruntime", "openvino" or "torch"
+    memory_format: str  #: the torch runtime's layout ("auto" for the ONNX runtimes)
+    precision: str  #: "float32" or "bfloat16"
+
+
+VARIANTS: Dict[str, Variant] = {
+    "ort-fp32": Variant("onnxruntime", "auto", "float32"),
+    "ov-fp32": Variant("openvino", "auto", "float32"),
+    "ov-bf16": Variant("openvino", "auto", "bfloat16"),
+    "torch-ncdhw-fp32": Variant("torch", "contiguous", "float32"),
+    "torch-cl-fp32": Variant("torch", "channels_last", "float32"),
+    "torch-cl-bf16": Variant("torch", "channels_last", "bfloat16"),
 }
 
 
@@ -71,6 +82,26 @@ def variant_key(name: str, threads: int) -> str:
     return f"{name}@{threads}t"
 
 
+def skip_reason(name: str, package, native_bf16: bool) -> Optional[str]:
+    """Why variant ``name`` cannot run here (None: it can)."""
+    from UNetSegmentLib import runtime
+
+    v = VARIANTS[name]
+    installed = {
+        "onnxruntime": (runtime.onnxruntime_installed, "ONNX Runtime is not installed (pip install onnxruntime)"),
+        "openvino": (runtime.openvino_installed, "OpenVINO is not installed (pip install openvino)"),
+        "torch": (runtime.torch_installed, "PyTorch is not installed (pip install torch)"),
+    }
+    check, message = installed[v.backend]
+    if not check():
+        return message
+    if v.backend != "torch" and not package.has_onnx:
+        return "the model package has no model.onnx"
+    if v.precision == "bfloat16" and not native_bf16:
+        return "this CPU has no native bf16 (AVX-512 BF16 or AMX): bf16 would be emulated, many times slower"
+    return None
+
+
 def label_agreement(labels_zyx: np.ndarray, baseline_zyx: np.ndarray, values: Sequence[int]) -> Dict[str, float]:
     """Dice against the baseline: whole gland (every non-zero label) and each label value."""
     out = {"gland": dice(labels_zyx > 0, baseline_zyx > 0)}
@@ -78,6 +109,13 @@ def label_agreement(labels_zyx: np.ndarray, baseline_zyx: np.ndarray, values: Se
         out[f"label_{v}"] = dice(labels_zyx == v, baseline_zyx == v)
     out["min_label"] = min(out[f"label_{v}"] for v in values) if values else out["gland"]
     return out
+
+
+def _set_torch_threads(n: int) -> None:
+    """Torch's thread count is process-wide: set it before each torch variant's run."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(n)
 
 
 def run_variants(
@@ -88,28 +126,59 @@ def run_variants(
     repeats: int,
     warmup: int,
     quality: str = "standard",
+    native_bf16: Optional[bool] = None,
 ) -> Dict[str, Any]:
-    """Time every variant x thread count on ``image``, alternating; labelmaps compared with the baseline's."""
+    """Time every runnable variant x thread count on ``image``, alternating; labelmaps compared with the
+    baseline's (the first runnable variant at the most threads). Variants that cannot run are in
+    ``skipped`` with the reason."""
+    from UNetSegmentLib.hardware import cpu_info
     from UNetSegmentLib.inference import Predictor
+    from UNetSegmentLib.runtime import RuntimeUnavailable
 
+    if native_bf16 is None:
+        native_bf16 = cpu_info().native_bf16
     threads = sorted(set(threads), reverse=True)
-    keys = [variant_key(v, t) for t in threads for v in variants]
-    baseline = variant_key(variants[0], threads[0])
+    skipped: Dict[str, str] = {}
+    runnable = []
+    for v in variants:
+        reason = skip_reason(v, package, native_bf16)
+        if reason is None:
+            runnable.append(v)
+        else:
+            skipped[v] = reason
     predictors = {}
     for t in threads:
-        for v in variants:
-            fmt_name, precision = VARIANTS[v]
-            predictors[variant_key(v, t)] = (
-                Predictor(package, device="cpu", precision=precision, memory_format=fmt_name, quality=quality),
-                t,
-            )
+        for v in list(runnable):
+            spec = VARIANTS[v]
+            try:
+                predictors[variant_key(v, t)] = (
+                    Predictor(
+                        package,
+                        device="cpu",
+                        backend=spec.backend,
+                        precision=spec.precision,
+                        memory_format=spec.memory_format,
+                        quality=quality,
+                        threads=t,
+                    ),
+                    t,
+                )
+            except RuntimeUnavailable as e:
+                skipped[v] = str(e)
+                runnable.remove(v)
+                predictors = {k: p for k, p in predictors.items() if not k.startswith(v + "@")}
+    if not runnable:
+        return {"baseline": None, "variants": {}, "runs": {}, "skipped": skipped}
+    keys = [variant_key(v, t) for t in threads for v in runnable]
+    baseline = variant_key(runnable[0], threads[0])
     last_labels: Dict[str, np.ndarray] = {}
 
     def runner(key: str):
         predictor, t = predictors[key]
 
         def run() -> Dict[str, float]:
-            torch.set_num_threads(t)
+            if predictor.runtime.name == "torch":
+                _set_torch_threads(t)
             cpu0 = time.process_time()
             pred = predictor.predict(image)
             cpu = time.process_time() - cpu0
@@ -119,19 +188,20 @@ def run_variants(
 
         return run
 
-    default_threads = torch.get_num_threads()
-    try:
-        raw = run_alternating({k: runner(k) for k in keys}, repeats, warmup)
-    finally:
-        torch.set_num_threads(default_threads)
+    raw = run_alternating({k: runner(k) for k in keys}, repeats, warmup)
     values = [lab.value for lab in package.info.labels]
     summary: Dict[str, Any] = {}
     for k in keys:
         predictor, t = predictors[k]
+        rt = predictor.runtime
         summary[k] = {
-            "memory_format": VARIANTS[k.split("@")[0]][0],
-            "dtype": str(predictor.dtype).replace("torch.", ""),
+            "variant": k.split("@")[0],
+            "backend": rt.name,
+            "runtime_version": getattr(rt, "version", None),
+            "memory_format": ("channels_last" if rt._channels_last() else "contiguous") if rt.name == "torch" else "-",
+            "precision": rt.precision,
             "threads": t,
+            "runtime_threads": rt.threads,
             "total_s": summarize([r["total_s"] for r in raw[k]]),
             "inference_s": summarize([r["inference_s"] for r in raw[k]]),
             "cpu_s": summarize([r["cpu_s"] for r in raw[k]]),
@@ -141,7 +211,7 @@ def run_variants(
     for s in summary.values():
         s["speedup_total"] = ratio(base["total_s"]["median"], s["total_s"]["median"])
         s["speedup_inference"] = ratio(base["inference_s"]["median"], s["inference_s"]["median"])
-    return {"baseline": baseline, "variants": summary, "runs": raw}
+    return {"baseline": baseline, "variants": summary, "runs": raw, "skipped": skipped}
 
 
 def report(result: Dict[str, Any], header: str) -> str:
@@ -150,8 +220,9 @@ def report(result: Dict[str, Any], header: str) -> str:
         rows.append(
             [
                 k + (" (baseline)" if k == result["baseline"] else ""),
+                f"{s['backend']} {str(s['runtime_version'] or '').split('-')[0]}".strip(),
                 s["memory_format"],
-                s["dtype"],
+                s["precision"],
                 s["threads"],
                 s["total_s"]["median"],
                 s["inference_s"]["median"],
@@ -165,8 +236,9 @@ def report(result: Dict[str, Any], header: str) -> str:
     table = markdown_table(
         [
             "variant",
+            "runtime",
             "memory format",
-            "dtype",
+            "precision",
             "threads",
             "predict s (median)",
             "inference s (median)",
@@ -178,11 +250,16 @@ def report(result: Dict[str, Any], header: str) -> str:
         ],
         rows,
     )
-    return header + "\n\n" + table
+    parts = [header, table]
+    if result["skipped"]:
+        parts.append("\n".join(f"- skipped {v}: {why}" for v, why in result["skipped"].items()))
+    return "\n\n".join(parts)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="CPU inference options (memory format, bf16, threads) side by side.")
+    p = argparse.ArgumentParser(
+        description="CPU runtimes side by side (ONNX Runtime, OpenVINO, PyTorch; float32, bf16; threads)."
+    )
     add_case_arguments(p)
     p.add_argument("--model", type=Path, help="model package folder (default: the bundled model)")
     p.add_argument(
@@ -192,7 +269,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help=f"comma-separated, first = baseline ({','.join(VARIANTS)})",
     )
     p.add_argument(
-        "--threads", type=parse_int_list, default=[1, 2], help="comma-separated torch thread counts (default 1,2)"
+        "--threads",
+        type=parse_int_list,
+        help="comma-separated inference thread counts (default: 1 and the CPUs this process may use)",
     )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
@@ -204,13 +283,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         p.error("--repeats must be >= 1 and --warmup >= 0")
+    if args.threads is None:
+        from UNetSegmentLib.hardware import default_threads
+
+        args.threads = sorted({1, default_threads()})
     resolve_input(p, args)
     return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    from UNetSegmentLib.runtime.torch_runtime import cpu_supports_bf16
+    from UNetSegmentLib.hardware import cpu_info
     from UNetSegmentLib.io import ImageReadError, read_image
 
     package = load_package(args.model)
@@ -219,15 +302,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ImageReadError, OSError, RuntimeError) as e:
         print(f"bench_cpu_options: cannot read {args.input}: {e}", file=sys.stderr)
         return 1
-    result = run_variants(package, image, args.variants, args.threads, args.repeats, args.warmup, args.quality)
-    env_info = environment()
-    note = "" if cpu_supports_bf16() else " This CPU has no native bf16: bf16 variants are emulated and slow."
+    native_bf16 = cpu_info().native_bf16
+    result = run_variants(
+        package, image, args.variants, args.threads, args.repeats, args.warmup, args.quality, native_bf16
+    )
+    if not result["variants"]:
+        why = "; ".join(f"{v}: {r}" for v, r in result["skipped"].items())
+        print(f"bench_cpu_options: no variant can run here ({why})", file=sys.stderr)
+        return 1
+    env_info = environment(backend=result["variants"][result["baseline"]]["backend"])
+    env_info["threads"] = args.threads  # each row has its own
     header = "\n".join(
         [
-            "# CPU inference options side by side",
+            "# CPU runtimes side by side",
             "",
-            f"input: {args.input}; model: {package.path}; {args.repeats} alternating rounds after {args.warmup} warm-up; "
-            f"speed-up = baseline median time / variant median time; Dice of each labelmap against the baseline's.{note}",
+            f"input: {args.input}; model: {package.path}; {args.repeats} alternating rounds after {args.warmup} "
+            f"warm-up; baseline {result['baseline']}; speed-up = baseline median time / variant median time; "
+            f"Dice of each labelmap against the baseline's. Each row records its backend and threads; the "
+            f"environment's backend is the baseline's.",
             "",
             environment_markdown(env_info),
         ]

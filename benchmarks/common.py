@@ -224,36 +224,75 @@ def image_dice(a_path: Path, b_path: Path) -> float:
 
 
 def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name (see :func:`UNetSegmentLib.hardware.cpu_info`)."""
+    from UNetSegmentLib.hardware import cpu_info
+
+    return cpu_info().model
 
 
-def environment() -> Dict[str, Any]:
-    """Facts about the machine and software that a reader of a result needs."""
+#: Runtimes whose versions every result records: module name -> distributions that provide it.
+RUNTIME_DISTRIBUTIONS: Dict[str, Tuple[str, ...]] = {
+    "onnxruntime": ("onnxruntime", "onnxruntime-openvino", "onnxruntime-gpu", "ort-nightly"),
+    "openvino": ("openvino",),
+    "torch": ("torch",),
+}
+
+
+def runtime_versions() -> Dict[str, Optional[str]]:
+    """Installed version of onnxruntime, openvino and torch (None: not installed), read from the
+    package metadata, so that recording them imports none of them."""
+    import importlib.metadata
+    import importlib.util
+
+    out: Dict[str, Optional[str]] = {}
+    for module, dists in RUNTIME_DISTRIBUTIONS.items():
+        version = None
+        if importlib.util.find_spec(module) is not None:
+            for dist in dists:
+                try:
+                    version = importlib.metadata.version(dist)
+                    break
+                except importlib.metadata.PackageNotFoundError:
+                    continue
+            else:
+                version = "installed (version unknown)"
+        out[module] = version
+    return out
+
+
+def environment(backend: Optional[str] = None, threads: Optional[int] = None) -> Dict[str, Any]:
+    """Facts about the machine and software that a reader of a result needs.
+
+    The CPU's model and instruction set (``hardware.cpu_summary``: speed depends on AVX2 /
+    AVX-512 / native bf16 far more than on the clock), the threads inference uses (``threads``,
+    else the runtimes' default: the CPUs this process may use), the runtime (``backend``, when
+    the script runs one) and the versions of onnxruntime, openvino and torch. Torch is not
+    imported: where a script has imported it, its thread count is recorded too.
+    """
+    import sys
+
+    from UNetSegmentLib.hardware import cpu_summary, default_threads
+
+    cpu = cpu_summary()
     env: Dict[str, Any] = {
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
+        "cpu": cpu["model"],
+        "cpu_isa": cpu["isa"],
+        "cpu_native_bf16": cpu["native_bf16"],
+        "cpu_count": cpu["cores"],
+        "cpus_available": default_threads(),
+        "threads": default_threads(threads),
         "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
     }
-    try:
-        import torch
-
-        env["torch"] = torch.__version__
+    if backend is not None:
+        env["backend"] = backend
+    env.update(runtime_versions())
+    torch = sys.modules.get("torch")
+    if torch is not None:
         env["torch_threads"] = torch.get_num_threads()
-        from UNetSegmentLib.runtime.torch_runtime import cpu_supports_bf16
-
-        env["cpu_native_bf16"] = cpu_supports_bf16()
-    except ImportError:
-        pass
     return env
 
 
