@@ -14,9 +14,9 @@ import math
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 from conftest import make_tiny_package, synthetic_image
 
+from UNetSegmentLib import inference
 from UNetSegmentLib.inference import CancelledError, Predictor, label_volumes_ml
 from UNetSegmentLib.io import read_image
 from UNetSegmentLib.postprocessing import largest_component, postprocess_labels
@@ -200,6 +200,7 @@ def test_window_count_matches_what_monai_runs(shape, overlap):
         calls.append(x.shape[0])
         return x
 
+    torch = pytest.importorskip("torch")
     sliding_window_inference(torch.zeros((1, 1) + shape), (8, 32, 32), 1, net, overlap=overlap)
     assert window_count(shape, (8, 32, 32), overlap) == sum(calls)
 
@@ -210,21 +211,120 @@ def _inference_reports(predictor, image):
     return result, [f for s, f in reports if s == "inference"]
 
 
-@pytest.mark.parametrize(
-    ("quality", "passes", "overlap"), [("standard", 2, None), ("best", 2, 0.75), ("fast", 1, 0.25)]
-)
-def test_qualities_run_their_test_time_flips(tiny_package, quality, passes, overlap):
+class VoxelwiseRuntime:
+    """A runtime whose 'network' looks at one voxel at a time (foreground where the normalised
+    intensity is above 1): it commutes with flips and crops, so every pass plan must give the
+    same labels, and it records the windows it was given."""
+
+    name = "voxelwise"
+    device = "cpu"
+    precision = "float32"
+    threads = 1
+
+    def __init__(self, max_window_voxels: int = 10**9) -> None:
+        self.max_window_voxels = max_window_voxels
+        self.windows: list = []
+
+    def run(self, x, should_cancel=None):
+        self.windows.append(tuple(x.shape[2:]))
+        return np.concatenate([np.zeros_like(x), x - 1.0], axis=1).astype(np.float32)
+
+    def fallback(self):
+        return None
+
+
+def block_image(offset_yx=(0, 0), size_xyz=(96, 96, 16)) -> sitk.Image:
+    """A bright block (the 'gland') in a dim volume, 1 x 1 x 3 mm, centred unless ``offset_yx`` (voxels)."""
+    x, y, z = size_xyz
+    array = np.random.default_rng(0).normal(10.0, 2.0, size=(z, y, x)).astype(np.float32)
+    cy, cx = y // 2 + offset_yx[0], x // 2 + offset_yx[1]
+    array[4:12, cy - 8 : cy + 8, cx - 10 : cx + 6] = 100.0
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.0, 1.0, 3.0))
+    return image
+
+
+def voxelwise_predictor(package, quality, **kw):
+    runtime = VoxelwiseRuntime(**kw)
+    return Predictor(package, quality=quality, runtime=runtime), runtime
+
+
+@pytest.fixture(scope="module")
+def mm_package(tmp_path_factory):
+    """A tiny package on a 1 x 1 x 3 mm grid with a 4 x 64 x 64 training patch and left-right flips."""
+    return make_tiny_package(tmp_path_factory.mktemp("mm"), spacing_xyz=(1.0, 1.0, 3.0), patch_zyx=(4, 64, 64))
+
+
+def test_fast_is_one_pass_near_the_centre_when_the_gland_is_there(mm_package):
+    predictor, rt = voxelwise_predictor(mm_package, "fast")
+    result = predictor.predict(block_image())
+    assert len(rt.windows) == 1 and rt.windows[0][1:] == (64, 64)  # the centre box: one patch in-plane
+    assert result.computed_voxels < result.grid_voxels
+    assert result.volumes_ml["prostate"] == pytest.approx(8 * 3 * 16 * 16 / 1000.0, rel=0.05)
+
+
+def test_standard_runs_the_mirrored_pass_on_a_box_around_the_gland(mm_package):
+    predictor, rt = voxelwise_predictor(mm_package, "standard")
+    result = predictor.predict(block_image())
+    assert len(rt.windows) == 2
+    first, mirrored = rt.windows
+    assert np.prod(mirrored) <= np.prod(result.probabilities.shape[1:])  # not more than the grid
+    box = predictor.gland_box(result.probabilities.argmax(0))
+    assert box is not None
+    assert all(s.stop - s.start <= n for s, n in zip(box, result.probabilities.shape[1:]))
+    best, rt_best = voxelwise_predictor(mm_package, "best")
+    best_result = best.predict(block_image())
+    assert rt_best.windows[0] == rt_best.windows[1]  # best: both passes over the whole grid
+    assert np.array_equal(sitk.GetArrayFromImage(result.labelmap), sitk.GetArrayFromImage(best_result.labelmap))
+
+
+@pytest.mark.parametrize("offset", [(0, 36), (30, 0), (-30, -30)])
+def test_a_gland_off_centre_is_still_found_whole(mm_package, offset):
+    """The first pass's box grows towards the gland, or gives way to the whole grid: never a cut gland."""
+    image = block_image(offset)
+    fast, _ = voxelwise_predictor(mm_package, "fast")
+    best, _ = voxelwise_predictor(mm_package, "best")
+    a = sitk.GetArrayFromImage(fast.predict(image).labelmap)
+    b = sitk.GetArrayFromImage(best.predict(image).labelmap)
+    assert a.sum() == b.sum() > 0 and np.array_equal(a, b)
+
+
+def test_grids_larger_than_the_runtimes_limit_are_tiled(mm_package):
+    predictor, rt = voxelwise_predictor(mm_package, "best", max_window_voxels=16 * 48 * 48)
+    result = predictor.predict(block_image(size_xyz=(120, 120, 16)))
+    assert len(rt.windows) > 2 and all(np.prod(w) <= 16 * 48 * 48 for w in rt.windows)
+    whole, _ = voxelwise_predictor(mm_package, "best")
+    expected = whole.predict(block_image(size_xyz=(120, 120, 16))).labelmap
+    assert np.array_equal(sitk.GetArrayFromImage(result.labelmap), sitk.GetArrayFromImage(expected))
+
+
+def test_progress_rises_to_one_through_every_pass(mm_package):
+    for quality in ("fast", "standard", "best"):
+        predictor, _ = voxelwise_predictor(mm_package, quality)
+        reports = []
+        predictor.predict(block_image(), progress=lambda stage, frac: reports.append((stage, frac)))
+        inference = [f for s, f in reports if s == "inference"]
+        assert inference[0] == 0.0 and inference[-1] == 1.0 and inference == sorted(inference)
+        assert [s for s, _ in reports if s != "inference"] == [
+            "preprocessing",
+            "preprocessing",
+            "postprocessing",
+            "resampling",
+            "resampling",
+        ]
+
+
+def test_patch_windows_reproduce_the_older_tiling(tiny_package):
     image = synthetic_image()
-    predictor = Predictor(tiny_package, device="cpu", quality=quality)
-    assert tiny_package.info.inference.test_time_flips == ("x",)
-    assert predictor.overlap == (tiny_package.info.inference.overlap if overlap is None else overlap)
-    result, reports = _inference_reports(predictor, image)
-    # one report before the first window, then one per window and pass
+    predictor = Predictor(tiny_package, device="cpu", quality="standard", windows="patch")
+    calls = []
+    real = predictor.runtime.run
+    predictor.runtime.run = lambda x, should_cancel=None: calls.append(x.shape[2:]) or real(x, should_cancel)
+    predictor.predict(image)
     grid_shape = preprocess_image(image, tiny_package.info.preprocessing)[0].shape
     patch = tiny_package.info.inference.patch_size_zyx
-    assert len(reports) - 1 == passes * window_count(grid_shape, patch, predictor.overlap)
-    assert reports[-1] == 1.0 and reports == sorted(reports)
-    assert result.labelmap.GetSize() == image.GetSize()
+    assert all(tuple(c) == tuple(patch) for c in calls)
+    assert len(calls) == 2 * window_count(grid_shape, patch, predictor.overlap)
 
 
 def test_every_combination_of_the_models_flip_axes_is_a_pass(tmp_path):
@@ -238,18 +338,13 @@ def test_flips_are_undone_before_averaging(tmp_path):
     """A voxel-wise network commutes with flips, so on an asymmetric image every quality gives the same labels;
     averaging flipped outputs without flipping them back would mirror part of the segmentation."""
     pkg = make_tiny_package(tmp_path / "xyz", test_time_flips=("x", "y", "z"))
-    array = np.zeros((16, 64, 64), np.float32)
+    array = np.random.default_rng(1).normal(10.0, 2.0, size=(16, 64, 64)).astype(np.float32)
     array[4:12, 10:30, 5:25] = 100.0  # bright block off-centre in x, y and z
     image = sitk.GetImageFromArray(array)
     image.SetSpacing((1.0, 1.0, 3.0))
-    voxelwise = torch.nn.Conv3d(1, 2, 1)
-    with torch.no_grad():
-        voxelwise.weight[:] = torch.tensor([-1.0, 1.0]).view(2, 1, 1, 1, 1)
-        voxelwise.bias[:] = torch.tensor([0.0, -0.5])
     labels = {}
     for quality in ("fast", "standard", "best"):
-        predictor = Predictor(pkg, device="cpu", quality=quality, precision="float32")
-        predictor.network = voxelwise
+        predictor, _ = voxelwise_predictor(pkg, quality)
         labels[quality] = sitk.GetArrayFromImage(predictor.predict(image).labelmap)
     assert len(Predictor(pkg, device="cpu").flips) == 7
     assert labels["fast"].sum() > 0 and not np.array_equal(labels["fast"], labels["fast"][:, :, ::-1])
@@ -299,11 +394,11 @@ def test_full_resolution_maps_exist_for_one_label_at_a_time(tmp_path, monkeypatc
     pkg = make_tiny_package(tmp_path / "zonal", structures=("peripheral_zone", "transition_zone"))
     image = synthetic_image(size_xyz=(128, 128, 30), spacing=(0.5, 0.5, 1.5))
     softmax_shapes, input_grid_resamples, handed_back = [], [], []
-    real_softmax, real_resample, real_back = torch.softmax, sitk.Resample, ModelGrid.labels_to_input
+    real_softmax, real_resample, real_back = inference._softmax, sitk.Resample, ModelGrid.labels_to_input
 
-    def softmax(x, dim):
+    def softmax(x):
         softmax_shapes.append(tuple(x.shape))
-        return real_softmax(x, dim=dim)
+        return real_softmax(x)
 
     def resample(*args, **kwargs):
         out = real_resample(*args, **kwargs)
@@ -315,7 +410,7 @@ def test_full_resolution_maps_exist_for_one_label_at_a_time(tmp_path, monkeypatc
         handed_back.append((labels_zyx.dtype, labels_zyx.shape, self.shape_zyx))
         return real_back(self, labels_zyx, values)
 
-    monkeypatch.setattr(torch, "softmax", softmax)
+    monkeypatch.setattr(inference, "_softmax", softmax)
     monkeypatch.setattr(sitk, "Resample", resample)
     monkeypatch.setattr(ModelGrid, "labels_to_input", labels_to_input)
     Predictor(pkg, device="cpu").predict(image)
@@ -340,3 +435,21 @@ def test_labels_to_input_writes_nothing_outside_the_labels():
         out = sitk.GetArrayFromImage(grid.labels_to_input(labels, [1]))
         _, n = ndimage.label(out == 1, structure=np.ones((3, 3, 3), bool))
         assert n == 1 and not out[:, :90, :].any() and not out[:, :, :90].any()
+
+
+def test_onnx_runtime_stops_a_run_under_way_when_cancelled(tiny_package):
+    """RunOptions.terminate ends ONNX Runtime between two operators: cancel answers within the run."""
+    from UNetSegmentLib.runtime import create_runtime
+
+    rt = create_runtime(tiny_package, backend="onnxruntime", device="cpu")
+    x = np.random.default_rng(0).normal(size=(1, 1, 48, 320, 320)).astype(np.float32)
+    asked = []
+
+    def should_cancel():
+        asked.append(1)
+        return len(asked) > 1  # not before the run starts; at the first look while it runs
+
+    with pytest.raises(CancelledError):
+        rt.run(x, should_cancel)
+    assert len(asked) >= 2
+    assert rt.run(x[:, :, :8, :64, :64]).shape == (1, 2, 8, 64, 64)  # the session still works afterwards

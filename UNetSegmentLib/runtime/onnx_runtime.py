@@ -47,6 +47,10 @@ class OnnxRuntime:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # errors only: no shape-inference chatter on stderr
+        # no arena: windows change size from call to call, and an arena keeps every size's peak
+        # (on ProstateX-0000 581 MB instead of 459 MB peak for the whole process, same speed)
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
         self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.version = ort.__version__
