@@ -301,6 +301,12 @@ def test_end_to_end_the_module_agrees_with_the_command_line_voxel_for_voxel(slic
     source = shared_data / E2E_CASES[case]
     first_file = sorted(source.iterdir())[0] if source.is_dir() else source
     volume = slicer.util.loadVolume(str(first_file), {"name": "T2"})  # Slicer's reader: a DICOM file reads its series
+    uids = []
+    if source.is_dir():  # as Slicer's DICOM module loads a series: its instance UIDs on the volume
+        import pydicom
+
+        uids = [pydicom.dcmread(str(f), stop_before_pixels=True).SOPInstanceUID for f in sorted(source.iterdir())]
+        volume.SetAttribute("DICOM.instanceUIDs", " ".join(uids))
     before = {n.GetID() for n in slicer.mrmlScene.GetNodes()}
 
     logic = _logic(slicer_env)
@@ -309,6 +315,12 @@ def test_end_to_end_the_module_agrees_with_the_command_line_voxel_for_voxel(slic
     added = {n.GetID() for n in slicer.mrmlScene.GetNodes()} - before
     assert segmentation.GetID() in added
     assert all(slicer.mrmlScene.GetNodeByID(i).GetClassName().startswith("vtkMRMLSegmentation") for i in added)
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+    attribute = slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMReferencedInstanceUIDsAttributeName()
+    referenced = sh.GetItemAttribute(sh.GetItemByDataNode(segmentation), attribute).split()
+    assert referenced == uids and len(set(uids)) == len(uids) == (
+        volume.GetImageData().GetDimensions()[2] if uids else 0
+    )
 
     written = _cli_labelmap(source, slicer_env.tmp / "cli.nrrd")
     cli_zyx = sitk.GetArrayFromImage(written)

@@ -662,3 +662,111 @@ def test_gpu_gets_torch_from_the_pytorch_extension_only(slicer_env, monkeypatch)
         logic.ensureDependencies(device="cuda")
     assert slicer.packaging.installCalls == []
     assert dependencies.requirementsFor("cuda") == ["safetensors>=0.4,<1"]
+
+
+# -- issue 18: PSA, quality flags, confidence, DICOM references --------------------------------
+
+
+def test_the_psa_reaches_the_command_line_only_when_given(slicer_env, tiny_package):
+    volume = makeInputVolume(slicer_env.slicer)
+    for psa, expected in ((0.0, None), (6.5, "6.5"), (0.25, "0.25"), (5000.0, "5000"), (-3.0, "-3")):
+        fake = FakeProcess(labels_from_input=lambda a: a > 400)
+        logic = _logic(slicer_env, processFactory=lambda fake=fake: fake)
+        logic.segment(volume, modelSpec=str(tiny_package.path), device="cpu", psa=psa, wait=True)
+        cmd = fake.command
+        if expected is None:
+            assert "--psa" not in cmd
+        else:  # passed as given: the command line checks the range (tested with the real one in test_slicer_ui)
+            assert cmd[cmd.index("--psa") + 1] == expected and cmd.count("--psa") == 1
+
+
+def test_findings_rows_and_plain_messages():
+    sys.path.insert(0, str(MODULE_DIR))
+    from UNetSegmentLogicLib import findings
+
+    labels = [
+        {"name": "peripheral_zone", "display_name": "Peripheral zone"},
+        {"name": "transition_zone", "display_name": "Transition zone"},
+    ]
+    result = {
+        "volumes_ml": {"peripheral_zone": 12.04, "transition_zone": 30.0},
+        "confidence": 0.95,
+        "confidence_threshold": 0.9,
+        "flags": [],
+        "psa": {
+            "psa_ng_ml": 8.4,
+            "gland_ml": 42.04,
+            "psa_density": 0.2,
+            "transition_zone_ml": 30.0,
+            "tz_psa_density": 0.28,
+        },
+    }
+    assert findings.resultRows(result, labels) == [
+        ("Peripheral zone", "12.0 mL"),
+        ("Transition zone", "30.0 mL"),
+        ("Gland", "42.0 mL"),
+        ("PSA", "8.4 ng/mL"),
+        ("PSA density", "0.200 ng/mL/cc"),
+        ("Transition-zone PSA density", "0.280 ng/mL/cc"),
+        ("Confidence", "0.95"),
+    ]
+    assert findings.flagsText(result) == "Quality checks: nothing to flag."
+    assert findings.flagsText({"volumes_ml": {}}) == ""  # an older command line without flags: nothing claimed
+    empty = {"volumes_ml": {"prostate": 0.0}, "confidence": 0.5, "confidence_threshold": 0.9}
+    empty["psa"] = {"psa_ng_ml": 5.0, "gland_ml": 0.0, "psa_density": None}
+    rows = dict(findings.resultRows(empty, []))
+    assert "Gland" not in rows and rows["PSA density"] == "- (no gland segmented)"
+    assert rows["Confidence"] == "0.50 (below 0.90)"
+    assert findings.plainMessage("argument --psa: PSA 'x' is not a number; give it in ng/mL") == (
+        "PSA 'x' is not a number; give it in ng/mL."
+    )
+    assert findings.psaArgument(0) is None and findings.psaArgument(None) is None
+    assert findings.psaArgument(12.0) == "12"
+
+
+def _dicom_input(slicer, uids):
+    """A volume as Slicer's DICOM import leaves it: instance UIDs attribute, series item under patient and study."""
+    volume = makeInputVolume(slicer)
+    volume.SetAttribute("DICOM.instanceUIDs", " ".join(uids))
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+    study = sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), "ProstateX-0000"), "MR prostate")
+    series = sh.GetItemByDataNode(volume)
+    sh.SetItemParent(series, study)
+    sh.SetItemUID(series, slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMUIDName(), "1.2.3.4.5")
+    sh.SetItemUID(series, slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMInstanceUIDName(), " ".join(uids))
+    return volume, sh, study
+
+
+def test_a_dicom_input_gives_a_segmentation_with_the_references_slicers_dicom_export_needs(slicer_env, tiny_package):
+    import vtk
+
+    slicer = slicer_env.slicer
+    uids = [f"1.2.826.0.1.3680043.8.498.{i}" for i in range(1, 17)]
+    volume, sh, study = _dicom_input(slicer, uids)
+    existing = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Existing")  # at the scene's top
+    attribute = slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMReferencedInstanceUIDsAttributeName()
+    for output in (None, existing):
+        fake = FakeProcess(labels_from_input=lambda a: a > 400)
+        logic = _logic(slicer_env, processFactory=lambda fake=fake: fake)
+        seg = logic.segment(volume, output, modelSpec=str(tiny_package.path), wait=True)
+        item = sh.GetItemByDataNode(seg)
+        assert sh.GetItemAttribute(item, attribute).split() == uids
+        assert sh.GetItemParent(item) == study  # patient and study of the export come from here
+        # Slicer's own resolution of DICOM references finds the input's series
+        assert list(sh.GetItemsReferencedFromItemByDICOM(item)) == [sh.GetItemByDataNode(volume)]
+        role = seg.GetReferenceImageGeometryReferenceRole()
+        assert seg.GetNodeReference(role) is volume  # the export's source images
+        segment = seg.GetSegmentation().GetSegment("prostate")
+        for tag, value in (("DICOM.SegmentAlgorithmType", "AUTOMATIC"), ("DICOM.SegmentAlgorithmName", None)):
+            found = vtk.mutable("")
+            assert segment.GetTag(tag, found)
+            assert str(found) == (value or "UNetSegment tiny-test-model 0.0.1")
+
+    plain = makeInputVolume(slicer, name="not from DICOM")
+    seg = _logic(slicer_env, processFactory=lambda: FakeProcess(labels_from_input=lambda a: a > 400)).segment(
+        plain, modelSpec=str(tiny_package.path), wait=True
+    )
+    assert not sh.GetItemAttribute(sh.GetItemByDataNode(seg), attribute)
+    found = vtk.mutable("")
+    assert seg.GetSegmentation().GetSegment("prostate").GetTag("DICOM.SegmentAlgorithmType", found)
+    assert str(found) == "AUTOMATIC"

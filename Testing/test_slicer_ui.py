@@ -66,6 +66,8 @@ def test_every_widget_the_code_uses_is_in_the_ui_with_a_fitting_class():
             assert cls == "qMRMLNodeComboBox" and props["nodeTypes"] == [kind], name
         elif kind == "bool":
             assert cls == "QCheckBox", name
+        elif kind == "float":
+            assert cls == "QDoubleSpinBox", name
         else:
             assert kind in ("Device", "Quality") and cls == "QComboBox", name
     assert widgets["segmentButton"] == ("QPushButton", widgets["segmentButton"][1])
@@ -104,6 +106,11 @@ def test_panel_binds_to_the_parameter_node_both_ways(slicer_env):
     seg = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     p.outputSegmentation = seg
     assert w.ui.outputSegmentationSelector.currentNode() is seg
+    assert p.psa == 0.0 and w.ui.psaSpinBox.value == 0.0  # not given
+    w.ui.psaSpinBox.value = 6.5
+    assert p.psa == 6.5
+    p.psa = 2000.0  # not clamped by the panel: the command line refuses it, with its own message
+    assert w.ui.psaSpinBox.value == 2000.0
 
     p.inputVolume = None
     assert not w.ui.segmentButton.enabled
@@ -154,6 +161,7 @@ def test_segment_button_downloads_runs_turns_into_cancel_and_fills_the_results(s
     w.ui.modelComboBox.currentIndex = index
     assert w._parameterNode.modelSpec == served_tiny_model
     w.ui.deviceComboBox.currentIndex = 1  # CPU
+    w.ui.psaSpinBox.value = 6.5
 
     stages, showProgress = [], w.onProgress
     w.onProgress = lambda stage, overall, message: (stages.append(stage), showProgress(stage, overall, message))
@@ -177,10 +185,29 @@ def test_segment_button_downloads_runs_turns_into_cancel_and_fills_the_results(s
     assert w.ui.inputsCollapsibleButton.enabled
     assert w.ui.statusLabel.text.startswith("Done in")
     assert w._parameterNode.outputSegmentation is run.segmentationNode
-    assert w.ui.resultsTable.rowCount == 1
-    assert w.ui.resultsTable.item(0, 0).text() == "Prostate"
-    assert w.ui.resultsTable.item(0, 1).text() == f"{run.result['volumes_ml']['prostate']:.1f}"
+    assert run.command[run.command.index("--psa") + 1] == "6.5"
+    table = w.ui.resultsTable
+    rows = {table.item(r, 0).text(): table.item(r, 1).text() for r in range(table.rowCount)}
+    gland = run.result["volumes_ml"]["prostate"]
+    assert table.item(0, 0).text() == "Prostate" and rows["Prostate"] == f"{gland:.1f} mL"
+    # PSA density from the command line's result, PSA / gland volume
+    density = run.result["psa"]["psa_density"]
+    assert rows["PSA"] == "6.5 ng/mL"
+    if gland > 0:
+        assert density == pytest.approx(6.5 / gland, rel=1e-2, abs=1e-3)
+        assert rows["PSA density"] == f"{density:.3f} ng/mL/cc"
+    else:
+        assert density is None and rows["PSA density"] == "- (no gland segmented)"
+    assert rows["Confidence"].startswith(f"{run.result['confidence']:.2f}")
+    # every quality flag, one sentence each, under the table and in the log; none blocked the result
+    flags = run.result["flags"]
+    assert flags, "the tiny random model's result should be flagged (implausible volume, low confidence)"
+    for flag in flags:
+        sentence = flag["message"].rstrip(".") + "."
+        assert f"- {sentence}" in w.ui.findingsLabel.text.splitlines()
+        assert f"  - {flag['message']}" in w.ui.logTextEdit.plainText.splitlines()  # the command line's summary
     assert "Result: prostate" in w.ui.logTextEdit.plainText
+    assert "PSA density:" in w.ui.logTextEdit.plainText
     # the downloaded model is now installed in the cache and offered as such
     assert w.ui.modelComboBox.currentText == "Tiny test model (0.0.1)"
     assert (slicer_env.tmp / "model-cache" / "models" / "tiny-test-model" / "0.0.1" / "model.json").is_file()
@@ -217,6 +244,72 @@ def test_a_failed_run_shows_one_plain_message(slicer_env):
     assert "Traceback" not in text and "Traceback" not in (details or "")
     assert w.ui.statusLabel.text == "Failed: Invalid image: the volume is constant."
     assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+
+
+def test_flags_confidence_and_psa_density_are_shown_and_do_not_block_the_result(slicer_env, installed_tiny_model):
+    slicer = slicer_env.slicer
+    makeInputVolume(slicer)
+    w = _widget(slicer_env)
+    flags = [
+        {"kind": "input", "code": "sagittal", "message": "The scan is sagittal; axial T2 segments best"},
+        {"kind": "output", "code": "low_confidence", "message": "The confidence 0.61 is below 0.90."},
+    ]
+    extra = {"flags": flags, "confidence": 0.61, "confidence_threshold": 0.9}
+    extra["psa"] = {"psa_ng_ml": 6.5, "gland_ml": 40.0, "psa_density": 0.163}
+    fake = FakeProcess(labels_from_input=lambda a: a > 400, extra_result=extra)
+    w.logic.processFactory = lambda: fake
+    w.ui.psaSpinBox.value = 6.5
+    w.ui.segmentButton.click()
+    pumpEvents(slicer, lambda: not w.logic.isRunning())
+    assert w.logic.lastRun.status == "succeeded" and fake.command[fake.command.index("--psa") + 1] == "6.5"
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1
+    table = w.ui.resultsTable
+    rows = [(table.item(r, 0).text(), table.item(r, 1).text()) for r in range(table.rowCount)]
+    volume = w.logic.lastRun.result["volumes_ml"]["prostate"]
+    assert rows == [
+        ("Prostate", f"{volume:.1f} mL"),
+        ("PSA", "6.5 ng/mL"),
+        ("PSA density", "0.163 ng/mL/cc"),
+        ("Confidence", "0.61 (below 0.90)"),
+    ]
+    assert w.ui.findingsLabel.text.splitlines() == [
+        "2 quality flags (the result is kept; check it):",
+        "- The scan is sagittal; axial T2 segments best.",
+        "- The confidence 0.61 is below 0.90.",
+    ]
+    assert w.ui.statusLabel.text.startswith("Done in")
+    assert not [m for m in shownMessages() if m[0] == "error"]
+
+
+def test_a_psa_out_of_range_is_refused_by_the_command_line_with_its_plain_message(slicer_env, real_cli):
+    from UNetSegmentLib.psa import PSA_RANGE
+
+    slicer = slicer_env.slicer
+    makeInputVolume(slicer)
+    w = _widget(slicer_env)
+    w.ui.deviceComboBox.currentIndex = 1  # CPU
+
+    def sceneState():  # every node but the panel's own parameter node (which holds the PSA typed)
+        nodes = slicer.mrmlScene.GetNodes()
+        return sorted((n.GetID(), n.GetMTime()) for n in nodes if not n.IsA("vtkMRMLScriptedModuleNode"))
+
+    before = sceneState()
+    for value in (5000.0, -2.0):
+        w.ui.psaSpinBox.value = value
+        w.ui.segmentButton.click()
+        pumpEvents(slicer, lambda: not w.logic.isRunning(), timeout=120)
+        run = w.logic.lastRun
+        assert run.status == "failed" and run.exitCode == 2
+        errors = [m for m in shownMessages() if m[0] == "error"]
+        _, text, _ = errors[-1]
+        assert text.startswith(f"PSA {value:g} ng/mL is outside the accepted {PSA_RANGE[0]:g}-{PSA_RANGE[1]:g} ng/mL")
+        assert text.endswith(".") and "argument" not in text and "usage" not in text and "\n" not in text
+        assert w.ui.statusLabel.text == f"Failed: {text}"
+        assert w.ui.resultsTable.rowCount == 0 and w.ui.findingsLabel.text == ""
+    assert len([m for m in shownMessages() if m[0] == "error"]) == 2
+    # the scene is as it was: no node added, none modified
+    assert sceneState() == before
+    assert not list(slicer_env.temp.glob("UNetSegment-*"))
 
 
 def test_a_missing_dependency_is_reported_before_anything_runs(slicer_env, monkeypatch):

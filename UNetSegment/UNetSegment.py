@@ -29,7 +29,7 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-from UNetSegmentLogicLib import dependencies, results
+from UNetSegmentLogicLib import dependencies, dicomrefs, findings, results
 from UNetSegmentLogicLib import run as runlib
 from UNetSegmentLogicLib.models import ModelChoice, listModelChoices, modelLabels
 from UNetSegmentLogicLib.options import Device, Quality
@@ -75,7 +75,7 @@ class UNetSegment(ScriptedLoadableModule):
 
 @parameterNodeWrapper
 class UNetSegmentParameterNode:
-    """inputVolume: T2 volume; outputSegmentation: None = create one; modelSpec: ``id@version`` ("" = default)."""
+    """inputVolume: T2; outputSegmentation: None = create one; modelSpec: ``id@version`` ("" = default); psa: 0 = none."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     outputSegmentation: vtkMRMLSegmentationNode
@@ -83,6 +83,7 @@ class UNetSegmentParameterNode:
     device: Device = Device.AUTO
     quality: Quality = Quality.STANDARD
     show3D: bool = True
+    psa: float = 0.0
 
 
 # -- UNetSegmentWidget --
@@ -232,6 +233,7 @@ class UNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.ensureDependencies(device=p.device.value)
             self.ui.logTextEdit.clear()
             self.ui.resultsTable.setRowCount(0)
+            self.ui.findingsLabel.text = ""
             self.ui.progressBar.value = 0
             self.ui.progressBar.visible = True
             try:
@@ -242,6 +244,7 @@ class UNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     device=p.device.value,
                     quality=p.quality.value,
                     show3D=p.show3D,
+                    psa=p.psa,
                     progressCallback=self.onProgress,
                     logCallback=self.appendLog,
                     finishedCallback=self.onFinished,
@@ -266,10 +269,8 @@ class UNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if p is not None and run.segmentationNode is not None:
                 p.outputSegmentation = run.segmentationNode
             self.showVolumes(run)
-            seconds = run.result.get("seconds", 0.0)
-            self.ui.statusLabel.text = _("Done in {seconds:.0f} s on {device}.").format(
-                seconds=seconds, device=run.result.get("device", "?")
-            )
+            done, result = _("Done in {seconds:.0f} s on {device}."), run.result
+            self.ui.statusLabel.text = done.format(seconds=result.get("seconds", 0.0), device=result.get("device", "?"))
             self.refreshModels()  # a model downloaded by this run is now installed
         elif run.status == runlib.CANCELLED:
             self.ui.statusLabel.text = run.message
@@ -279,12 +280,13 @@ class UNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(run.message, windowTitle=_("UNetSegment"), detailedText=tail)
 
     def showVolumes(self, run: runlib.SegmentationRun) -> None:
-        volumes = run.result.get("volumes_ml", {})
-        names = {label["name"]: label.get("display_name", label["name"]) for label in run.labels}
-        self.ui.resultsTable.setRowCount(len(volumes))
-        for row, (structure, ml) in enumerate(volumes.items()):
-            self.ui.resultsTable.setItem(row, 0, qt.QTableWidgetItem(names.get(structure, structure)))
-            self.ui.resultsTable.setItem(row, 1, qt.QTableWidgetItem(f"{float(ml):.1f}"))
+        """Volumes, PSA density and confidence in the Results table; the quality flags under it."""
+        rows = findings.resultRows(run.result, run.labels)
+        self.ui.resultsTable.setRowCount(len(rows))
+        for row, cells in enumerate(rows):
+            for column, text in enumerate(cells):
+                self.ui.resultsTable.setItem(row, column, qt.QTableWidgetItem(text))
+        self.ui.findingsLabel.text = findings.flagsText(run.result)
 
     # -- advanced ----------------------------------------------------------------------------
     def onImportModel(self) -> None:
@@ -336,9 +338,8 @@ class UNetSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 class UNetSegmentLogic(ScriptedLoadableModuleLogic):
     """Segmentation without the GUI: ``logic.segment(volume, wait=True)`` returns the segmentation node.
 
-    ``processFactory`` makes the background process (tests pass a fake);
-    ``pythonCommand`` is the interpreter that runs UNetSegmentLib (default:
-    ``[PythonSlicer]``). One run at a time.
+    ``processFactory`` makes the background process (tests pass a fake); ``pythonCommand`` is the interpreter
+    that runs UNetSegmentLib (default: ``[PythonSlicer]``). One run at a time.
     """
 
     POLL_INTERVAL_MS = 200
@@ -424,9 +425,8 @@ class UNetSegmentLogic(ScriptedLoadableModuleLogic):
 
     def _startTimer(self, onTimeout: Callable[[], Any]):
         timer = qt.QTimer()
-        timer.setInterval(self.POLL_INTERVAL_MS)
         timer.timeout.connect(onTimeout)
-        timer.start()
+        timer.start(self.POLL_INTERVAL_MS)
         return timer
 
     # -- segmentation ----------------------------------------------------------------------
@@ -438,6 +438,7 @@ class UNetSegmentLogic(ScriptedLoadableModuleLogic):
         device: str = "auto",
         quality: str = "standard",
         show3D: bool = True,
+        psa: float = 0.0,
         wait: bool = False,
         progressCallback: Optional[Callable[[str, float, str], None]] = None,
         logCallback: Optional[Callable[[str], None]] = None,
@@ -445,13 +446,12 @@ class UNetSegmentLogic(ScriptedLoadableModuleLogic):
     ):
         """Segment ``inputVolume`` in a background process.
 
-        ``modelSpec``: ``id``, ``id@version`` or a model package folder ("" =
-        the default model). ``device``: auto, cpu or cuda. ``quality``: fast,
-        standard or best. With ``wait`` the call blocks (keeping Slicer's
-        events flowing) and returns the segmentation node, or raises
-        ``RuntimeError`` with a plain message; otherwise it returns the
-        :class:`SegmentationRun` at once and calls ``finishedCallback(run)``
-        at the end (``run.segmentationNode`` is set on success).
+        ``modelSpec``: ``id``, ``id@version`` or a model package folder ("" = the default model). ``device``:
+        auto, cpu or cuda. ``quality``: fast, standard or best. ``psa``: serum PSA (ng/mL) for the PSA density,
+        0 = none (the command line refuses a value out of range). With ``wait`` the call blocks (keeping Slicer's
+        events flowing) and returns the segmentation node, or raises ``RuntimeError`` with a plain message;
+        otherwise it returns the :class:`SegmentationRun` at once and calls ``finishedCallback(run)`` at the end
+        (``run.segmentationNode`` is set on success).
         """
         if self.isRunning():
             raise RuntimeError(_("A segmentation is already running."))
@@ -465,9 +465,8 @@ class UNetSegmentLogic(ScriptedLoadableModuleLogic):
                 progressCallback("preparing", 0.0, _("writing the input volume"))
             if not slicer.util.exportNode(inputVolume, paths["input.nrrd"]) or not os.path.isfile(paths["input.nrrd"]):
                 raise RuntimeError(_("The input volume could not be written to a temporary file."))
-            command = runlib.segmentCommand(
-                self._python(), paths["input.nrrd"], paths["labelmap.nrrd"], paths["result.json"], spec, device, quality
-            )
+            outputs = (paths["input.nrrd"], paths["labelmap.nrrd"], paths["result.json"])
+            command = runlib.segmentCommand(self._python(), *outputs, spec, device, quality, psa=psa)
             run = runlib.SegmentationRun(
                 command, self._environment(), tempDir, self.processFactory, progressCallback, logCallback
             )
@@ -532,7 +531,8 @@ class UNetSegmentLogic(ScriptedLoadableModuleLogic):
         run.labels = self.modelLabels(active["spec"], run.result.get("model", {}))
         args = (active["labelmapPath"], inputVolume, run.labels, output, self.terminologyContext(), active["show3D"])
         name = f"{inputVolume.GetName()} segmentation"
-        run.segmentationNode = results.importLabelmap(slicer, vtk, *args, name=name)
+        node = run.segmentationNode = results.importLabelmap(slicer, vtk, *args, name=name)
+        dicomrefs.keepDicomReferences(slicer, node, inputVolume, run.labels, run.result.get("model", {}))
         run.report("importing", 1.0, _("done"))
 
     def modelLabels(self, spec: str, model: Dict[str, Any]) -> List[Dict[str, Any]]:

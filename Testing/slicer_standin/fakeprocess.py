@@ -23,7 +23,8 @@ def argument(command: Sequence[str], flag: str) -> str:
 
 class FakeProcess:
     """``labels_from_input(array_zyx) -> labels_zyx`` decides the labelmap; ``exit_code``/``error`` a failure;
-    ``corrupt_labelmap`` a result file that cannot be read."""
+    ``corrupt_labelmap`` a result file that cannot be read; ``extra_result`` fields added to the result record
+    (flags, confidence, psa)."""
 
     def __init__(
         self,
@@ -35,6 +36,7 @@ class FakeProcess:
         grid_change: Optional[Callable[[sitk.Image], sitk.Image]] = None,
         structure_names: Optional[Dict[int, str]] = None,
         corrupt_labelmap: bool = False,
+        extra_result: Optional[Dict[str, object]] = None,
     ) -> None:
         self.labels_from_input = labels_from_input
         self.exit_code = exit_code
@@ -44,6 +46,7 @@ class FakeProcess:
         self.grid_change = grid_change
         self.structure_names = structure_names or {1: "prostate"}
         self.corrupt_labelmap = corrupt_labelmap
+        self.extra_result = dict(extra_result or {})
         self.command: List[str] = []
         self.env: Dict[str, str] = {}
         self._lines: List[str] = []
@@ -75,7 +78,7 @@ class FakeProcess:
                 f.write(header + b"\n\n")
         voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
         volumes = {name: float((labels_zyx == v).sum() * voxel_ml) for v, name in self.structure_names.items()}
-        result = {"model": self.model, "volumes_ml": volumes, "device": "cpu", "seconds": 0.1}
+        result = {"model": self.model, "volumes_ml": volumes, "device": "cpu", "seconds": 0.1, **self.extra_result}
         with open(argument(self.command, "--volumes-json"), "w", encoding="utf-8") as f:
             json.dump(result, f)
         return result

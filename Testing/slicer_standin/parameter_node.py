@@ -124,6 +124,17 @@ def _connector(widget: Any, parameter: _Parameter) -> Optional[Dict[str, Callabl
             "write": lambda v: setattr(widget, "checked", v),
             "signal": widget.stateChanged,
         }
+    if kind is qt.QDoubleSpinBox and t is float:
+        # as Slicer's connector: the range of a WithinRange annotation, else unbounded
+        bounds = (
+            (parameter.range.minimum, parameter.range.maximum) if parameter.range else (-float("inf"), float("inf"))
+        )
+        widget.setRange(*bounds)
+        return {
+            "read": lambda: widget.value,
+            "write": lambda v: setattr(widget, "value", v),
+            "signal": widget.valueChanged,
+        }
     if kind in (qt.QComboBox, ctk.ctkComboBox) and isinstance(t, type) and issubclass(t, enum.Enum):
         labelFunc = getattr(t, "label", lambda e: e.name)
         members = list(t)

@@ -328,6 +328,41 @@ class QComboBox(QWidget):
             self._items[index][1] = value
 
 
+class QDoubleSpinBox(QWidget):
+    """``value`` is kept within ``minimum``-``maximum`` and rounded to ``decimals``, as Qt does."""
+
+    _signalNames = ("valueChanged",)
+
+    def __init__(self, parent: Optional[QObject] = None) -> None:
+        super().__init__(parent)
+        self.minimum = 0.0
+        self.maximum = 99.99
+        self.decimals = 2
+        self.singleStep = 1.0
+        self.suffix = ""
+        self.prefix = ""
+        self.specialValueText = ""
+        self._value = 0.0
+
+    @property
+    def value(self) -> float:
+        return self._value
+
+    @value.setter
+    def value(self, value: float) -> None:
+        value = round(min(max(float(value), float(self.minimum)), float(self.maximum)), int(self.decimals))
+        if value != self._value:
+            self._value = value
+            self._emit("valueChanged", value)
+
+    def setValue(self, value: float) -> None:
+        self.value = value
+
+    def setRange(self, minimum: float, maximum: float) -> None:
+        self.minimum, self.maximum = float(minimum), float(maximum)
+        self.value = self._value
+
+
 class QProgressBar(QWidget):
     def __init__(self, parent: Optional[QObject] = None) -> None:
         super().__init__(parent)
@@ -732,6 +767,7 @@ WIDGET_CLASSES: Dict[str, type] = {
         QPushButton,
         QCheckBox,
         QComboBox,
+        QDoubleSpinBox,
         QProgressBar,
         QPlainTextEdit,
         QTableWidget,

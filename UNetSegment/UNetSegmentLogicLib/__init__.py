@@ -6,7 +6,9 @@
 - ``dependencies``: Python packages the background process needs on the chosen device, installed on first use.
 - ``options``: the panel's device and quality choices (parameter node enums).
 - ``results``: the labelmap brought into the scene as a segmentation.
+- ``findings``: what the panel shows of a result: volumes, PSA density, confidence, quality flags.
+- ``dicomrefs``: the DICOM references Slicer's DICOM export of the segmentation needs.
 
-Only ``results`` and ``dependencies`` use Slicer's API (``options`` its translation function,
+Only ``results``, ``dicomrefs`` and ``dependencies`` use Slicer's API (``options`` its translation function,
 where present); nothing here imports torch.
 """

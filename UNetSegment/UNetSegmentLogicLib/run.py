@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from .findings import plainMessage, psaArgument
 from .process import BackgroundProcess, ProcessProtocol
 
 STAGES = ("preparing", "downloading", "segmenting", "importing")
@@ -48,11 +49,14 @@ def segmentCommand(
     modelSpec: str,
     device: str,
     quality: str,
+    psa: Optional[float] = None,
 ) -> List[str]:
     """The command line of one run; ``python`` is ``[PythonSlicer]`` in Slicer, ``[sys.executable]`` in tests.
 
     The backend follows the device (:data:`BACKEND_FOR_DEVICE`), so a CPU run never needs torch.
+    ``psa`` (ng/mL; None or 0 = not given) adds ``--psa``; the command line checks its range.
     """
+    psaValue = psaArgument(psa)
     return [
         *python,
         "-m",
@@ -74,6 +78,7 @@ def segmentCommand(
         "--volumes-json",
         volumesJsonPath,
         "--overwrite",
+        *(["--psa", psaValue] if psaValue is not None else []),
     ]
 
 
@@ -196,9 +201,9 @@ class SegmentationRun:
 
     def _failureMessage(self, code: int) -> str:
         if self._error is not None:
-            text = str(self._error.get("message", "")).strip()
+            text = plainMessage(str(self._error.get("message", "")))
             if text:
-                return text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
+                return text
         return f"The segmentation process failed (exit code {code}); see the log for details."
 
     @staticmethod
