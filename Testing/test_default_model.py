@@ -18,7 +18,8 @@ from UNetSegmentLib.labels import PLAUSIBLE_GLAND_ML
 from UNetSegmentLib.model_package import ModelPackage, sha256_file
 from UNetSegmentLib.store import BUILTIN_CATALOGUE, BUNDLED_DIR, DEFAULT_MODEL_ID, load_catalogue, version_key
 
-EVAL_DIR = REPO / "docs" / "default_model" / "eval_promise12_validation"
+#: the evaluation of the shipped version with the current engine (the previous engine: docs/default_model/eval_*)
+EVAL_DIR = REPO / "docs" / "default_model" / "engine_0.2" / "eval_promise12_validation"
 
 
 @pytest.fixture(scope="module")
