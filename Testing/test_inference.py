@@ -301,8 +301,8 @@ def test_grids_larger_than_the_runtimes_limit_are_tiled(mm_package):
 def test_progress_rises_to_one_through_every_pass(mm_package):
     for quality in ("fast", "standard", "best"):
         predictor, _ = voxelwise_predictor(mm_package, quality)
-        reports = []
-        predictor.predict(block_image(), progress=lambda stage, frac: reports.append((stage, frac)))
+        reports: list = []
+        predictor.predict(block_image(), progress=lambda stage, frac, into=reports: into.append((stage, frac)))
         inference = [f for s, f in reports if s == "inference"]
         assert inference[0] == 0.0 and inference[-1] == 1.0 and inference == sorted(inference)
         assert [s for s, _ in reports if s != "inference"] == [

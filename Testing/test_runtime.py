@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import make_tiny_package, synthetic_image
+
 from UNetSegmentLib import hardware, runtime
 from UNetSegmentLib.inference import Predictor
 from UNetSegmentLib.model_package import ModelPackage, ModelPackageError
@@ -193,9 +193,7 @@ def test_the_cli_refuses_bf16_on_such_a_cpu_before_any_work(machine, tmp_path, c
 
 def test_cpu_info_names_an_instruction_set():
     info = hardware.cpu_info()
-    assert info.isa in {"AVX-512 + AMX", "AVX-512 BF16", "AVX-512", "AVX2", "AVX", "SSE"} or info.isa.startswith(
-        "ARM"
-    )
+    assert info.isa in {"AVX-512 + AMX", "AVX-512 BF16", "AVX-512", "AVX2", "AVX", "SSE"} or info.isa.startswith("ARM")
     assert info.cores >= 1 and info.model
     assert hardware.cpu_summary()["isa"] == info.isa
 
@@ -315,3 +313,44 @@ def test_onnx_runtime_and_torch_agree_on_every_real_case(shared_data):
         assert a.any(), path
     low = [w for w in worst if w[0] < 0.999]
     assert not low, f"backends disagree: {low}"
+
+
+# -- cancelling a real run -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_during_onnx_inference_ends_the_process_within_two_seconds(tmp_path, signame):
+    """Ctrl-C / SIGTERM while ONNX Runtime computes: exit 130 soon after, no output, one plain line."""
+    import signal
+    import time
+
+    from UNetSegmentLib.progress import parse_progress_line
+
+    # a large field of view, so the whole-grid pass takes seconds
+    image = synthetic_image(size_xyz=(300, 300, 48), spacing=(1.0, 1.0, 3.0), seed=5)
+    src = tmp_path / "big.nrrd"
+    sitk.WriteImage(image, str(src))
+    out = tmp_path / "out" / "seg.nrrd"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
+    env["UNETSEGMENT_HOME"] = str(tmp_path / "home")
+    argv = [sys.executable, "-m", "UNetSegmentLib", "segment", str(src), "-o", str(out)]
+    argv += ["--backend", "onnxruntime", "--quality", "best", "--progress", "machine"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in proc.stderr:
+            event = parse_progress_line(line)
+            if event and event.get("stage") == "inference":
+                break
+        time.sleep(0.3)  # inside a network call
+        sent = time.perf_counter()
+        proc.send_signal(getattr(signal, signame))
+        proc.wait(timeout=30)
+        elapsed = time.perf_counter() - sent
+        rest = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, rest
+    assert elapsed < 2.0, f"took {elapsed:.2f} s to stop"
+    assert "Traceback" not in rest and "cancelled" in rest
+    assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir()))

@@ -18,7 +18,14 @@ import pytest
 from conftest import make_tiny_package
 
 from UNetSegmentLib.download import MAX_ATTEMPTS, safe_extract
-from UNetSegmentLib.model_package import MODEL_JSON, ONNX_FILE, WEIGHTS_FILE, ModelPackage, ModelPackageError, sha256_file
+from UNetSegmentLib.model_package import (
+    MODEL_JSON,
+    ONNX_FILE,
+    WEIGHTS_FILE,
+    ModelPackage,
+    ModelPackageError,
+    sha256_file,
+)
 from UNetSegmentLib.store import (
     DEFAULT_MODEL_ID,
     CatalogueEntry,

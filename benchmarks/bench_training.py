@@ -282,8 +282,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     from training.config import ConfigError, load_config
     from training.trainer import network_config
-    from UNetSegmentLib.runtime.torch_runtime import cpu_supports_bf16
     from UNetSegmentLib.network import conv_flops
+    from UNetSegmentLib.runtime.torch_runtime import cpu_supports_bf16
 
     try:
         cfg = load_config(args.config, args.overrides)

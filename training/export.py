@@ -116,9 +116,7 @@ def export_run(
     return ModelPackage.write(out_dir, info, state["model"], extra_files=extra_files)
 
 
-def repackage(
-    source: Path, out_dir: Path, version: Optional[str] = None, metrics: Optional[Dict[str, Any]] = None
-):
+def repackage(source: Path, out_dir: Path, version: Optional[str] = None, metrics: Optional[Dict[str, Any]] = None):
     """Write the package at ``source`` again into ``out_dir`` (weights, model card and files kept),
     adding the ONNX network exported from its weights; ``version`` replaces its version.
 
