@@ -85,6 +85,13 @@ def nvidia_driver_present() -> bool:
     return False
 
 
+#: The runtimes of ``model.onnx``: name -> (what the user reads, is it installed, the pip package).
+_ONNX_BACKENDS = {
+    "onnxruntime": ("ONNX Runtime", lambda: onnxruntime_installed(), "onnxruntime"),
+    "openvino": ("OpenVINO", lambda: openvino_installed(), "openvino"),
+}
+
+
 def choose_backend(backend: str, device: str, has_onnx: bool) -> str:
     """The backend ``auto`` stands for here (see the module docstring); explicit choices are checked."""
     if backend not in BACKENDS:
@@ -92,26 +99,17 @@ def choose_backend(backend: str, device: str, has_onnx: bool) -> str:
     if device not in DEVICES and not device.startswith("cuda:"):
         raise RuntimeUnavailable(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
     gpu = device.startswith("cuda") or device == "mps"
-    if backend == "onnxruntime":
+    if backend in _ONNX_BACKENDS:
+        label, installed, package = _ONNX_BACKENDS[backend]
         if gpu:
             raise RuntimeUnavailable(
-                f"--backend onnxruntime runs on the CPU only; use --backend torch for --device {device}"
+                f"--backend {backend} runs on the CPU only; use --backend torch for --device {device}"
             )
         if not has_onnx:
             raise RuntimeUnavailable("this model package has no model.onnx; use --backend torch (needs PyTorch)")
-        if not onnxruntime_installed():
-            raise RuntimeUnavailable("ONNX Runtime is not installed: pip install onnxruntime")
-        return "onnxruntime"
-    if backend == "openvino":
-        if gpu:
-            raise RuntimeUnavailable(
-                f"--backend openvino runs on the CPU only; use --backend torch for --device {device}"
-            )
-        if not has_onnx:
-            raise RuntimeUnavailable("this model package has no model.onnx; use --backend torch (needs PyTorch)")
-        if not openvino_installed():
-            raise RuntimeUnavailable("OpenVINO is not installed: pip install openvino")
-        return "openvino"
+        if not installed():
+            raise RuntimeUnavailable(f"{label} is not installed: pip install {package}")
+        return backend
     if backend == "torch":
         if not torch_installed():
             raise RuntimeUnavailable(
