@@ -99,6 +99,21 @@ class AugmentConfig:
     intensity_prob: float = 0.3
     low_resolution_prob: float = 0.15
     blur_prob: float = 0.1
+    #: true: the DataLoader only cuts patches and the augmentation runs on whole batches on the
+    #: training device (``training/device_augment.py``; a GPU's, not the CPU workers')
+    on_device: bool = False
+    #: what differs between centres (issue 20; 0 = off): a smooth multiplicative bias field (log
+    #: amplitude up to ``bias_field_strength``), a coil profile (signal falling off from one side,
+    #: by up to ``coil_strength``), contrast about the mean (factor in ``contrast_range``), and thick
+    #: slices (averaged over up to ``through_plane_factor`` slices)
+    bias_field_prob: float = 0.0
+    bias_field_strength: float = 0.5
+    coil_prob: float = 0.0
+    coil_strength: float = 0.6
+    contrast_prob: float = 0.0
+    contrast_range: List[float] = field(default_factory=lambda: [0.75, 1.25])
+    through_plane_prob: float = 0.0
+    through_plane_factor: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -259,6 +274,15 @@ def _validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("train.epochs, train.iterations_per_epoch and train.batch_size must be at least 1")
     if t.slice_presence_weight < 0 or t.slice_absence_weight < 0:
         raise ConfigError("train.slice_presence_weight and train.slice_absence_weight must be >= 0")
+    a = cfg.augment
+    probs = [a.gamma_prob, a.noise_prob, a.intensity_prob, a.low_resolution_prob, a.blur_prob, a.elastic_prob]
+    probs += [a.bias_field_prob, a.coil_prob, a.contrast_prob, a.through_plane_prob]
+    if any(not 0 <= p <= 1 for p in probs):
+        raise ConfigError("augment: every *_prob must be between 0 and 1")
+    if len(a.contrast_range) != 2 or not 0 < a.contrast_range[0] <= a.contrast_range[1]:
+        raise ConfigError(f"augment.contrast_range must be two factors 0 < low <= high, not {a.contrast_range}")
+    if a.through_plane_factor < 1 or not 0 <= a.coil_strength < 1 or a.bias_field_strength < 0:
+        raise ConfigError("augment: through_plane_factor >= 1, 0 <= coil_strength < 1, bias_field_strength >= 0")
     if not m.structures:
         raise ConfigError("model.structures must name at least one structure")
     d = cfg.data

@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -155,9 +155,20 @@ class PatchSampler(torch.utils.data.IterableDataset):
     """
 
     def __init__(
-        self, volumes: List[Volume], patch_zyx: Sequence[int], foreground_fraction: float, augment, seed: int
+        self,
+        volumes: List[Volume],
+        patch_zyx: Sequence[int],
+        foreground_fraction: float,
+        augment,
+        seed: int,
+        margin: bool = False,
+        centre: Optional[AugmentConfig] = None,
     ) -> None:
+        """``margin``: cut the larger patches even without ``augment`` (augmentation on the device
+        follows); ``centre``: also apply ``device_augment.centre_transforms`` of that config."""
         super().__init__()
+        self.margin = margin
+        self.centre = centre
         self.volumes = volumes
         self.patch = tuple(int(p) for p in patch_zyx)
         self.fg = foreground_fraction
@@ -175,9 +186,10 @@ class PatchSampler(torch.utils.data.IterableDataset):
             self.augment.set_random_state(seed=int(rng.integers(2**31)))
         big = (
             (self.patch[0], int(self.patch[1] * 1.25), int(self.patch[2] * 1.25))
-            if self.augment is not None
+            if self.augment is not None or self.margin
             else self.patch
         )
+        centre_g = torch.Generator().manual_seed(int(rng.integers(2**31)))
         while True:
             i = int(rng.integers(len(self.volumes)))
             v = self.volumes[i]
@@ -195,4 +207,8 @@ class PatchSampler(torch.utils.data.IterableDataset):
             else:
                 img_t = torch.from_numpy(img[None]).float()
                 lab_t = torch.from_numpy(lab[None].astype(np.int64))
+            if self.centre is not None:
+                from .device_augment import centre_transforms
+
+                img_t = centre_transforms(img_t.as_subclass(torch.Tensor)[None], self.centre, centre_g)[0]
             yield img_t.as_subclass(torch.Tensor), lab_t.as_subclass(torch.Tensor), v.kind == GLAND

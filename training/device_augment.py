@@ -122,9 +122,7 @@ def _rescaled(image: torch.Tensor, mapped) -> torch.Tensor:
     return mapped((image - lo) / rng) * rng + lo
 
 
-def centre_transforms(
-    image: torch.Tensor, cfg: AugmentConfig, g: torch.Generator, noise_g: Optional[torch.Generator] = None
-) -> torch.Tensor:
+def centre_transforms(image: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
     """Intensity changes that differ between centres and scanners, on (B, 1, z, y, x) images.
 
     - bias field: a smooth multiplicative field ``exp(sum c_ijk P_i(z) P_j(y) P_k(x))`` of
@@ -144,11 +142,10 @@ def centre_transforms(
         log_field = torch.zeros_like(out)
         for i in range(4):
             for j in range(4):
-                for k in range(4 - i if i + j < 4 else 0):
-                    if i + j + k == 0 or i + j + k > 3:
-                        continue
-                    c = (torch.rand(b, generator=g) * 2 - 1).to(dev, out.dtype).view(b, 1, 1, 1, 1)
-                    log_field = log_field + c * polys[0][i] * polys[1][j] * polys[2][k]
+                for k in range(4):
+                    if 0 < i + j + k <= 3:
+                        c = (torch.rand(b, generator=g) * 2 - 1).to(dev, out.dtype).view(b, 1, 1, 1, 1)
+                        log_field = log_field + c * polys[0][i] * polys[1][j] * polys[2][k]
         peak = log_field.abs().amax(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-6)
         strength = (torch.rand(b, generator=g) * cfg.bias_field_strength).to(dev, out.dtype).view(b, 1, 1, 1, 1)
         field = torch.exp(log_field / peak * strength)
@@ -157,7 +154,7 @@ def centre_transforms(
     if cfg.coil_prob > 0 and bool(pick.any()):
         angle = (torch.rand(b, generator=g) * 2 * math.pi).to(dev, out.dtype).view(b, 1, 1, 1, 1)
         # distance (in half-widths, 0..2) from the side the coil lies on, in-plane
-        d = 1 + y * torch.sin(angle) + x * torch.cos(angle)
+        d = (1 + y * torch.sin(angle) + x * torch.cos(angle)).clamp_min(0)
         length = (0.3 + 0.7 * torch.rand(b, generator=g)).to(dev, out.dtype).view(b, 1, 1, 1, 1)
         depth = (torch.rand(b, generator=g) * cfg.coil_strength).to(dev, out.dtype).view(b, 1, 1, 1, 1)
         profile = 1 - depth * (1 - torch.exp(-d / length))

@@ -302,8 +302,11 @@ def autocast(run: Run):
     return torch.autocast(run.device.type, dtype=torch.bfloat16) if run.bf16 else nullcontext()
 
 
-def train_epoch(run: Run, batches, loss_fn, model, progress: float) -> float:
-    """One epoch of ``iterations_per_epoch`` batches; returns the mean loss."""
+def train_epoch(run: Run, batches, loss_fn, model, progress: float, augment=None) -> float:
+    """One epoch of ``iterations_per_epoch`` batches; returns the mean loss.
+
+    ``augment``: a ``device_augment.DeviceAugment`` applied to each batch on the training device.
+    """
     from tqdm import tqdm
 
     model.train()
@@ -321,9 +324,11 @@ def train_epoch(run: Run, batches, loss_fn, model, progress: float) -> float:
     for _ in bar:
         image, target, gland_only = next(batches)
         image = image.to(run.device, non_blocking=True)
+        target = target.to(run.device, non_blocking=True)
+        if augment is not None:
+            image, target = augment(image, target)
         if run.device.type == "cpu":
             image = image.contiguous(memory_format=torch.channels_last_3d)
-        target = target.to(run.device, non_blocking=True)
         with autocast(run):
             logits = model(image)
         loss = loss_fn(logits, target, gland_only.to(run.device))
@@ -416,10 +421,19 @@ class Logger:
 def fit(run: Run) -> Dict[str, float]:
     """The training loop: epochs, validation, best and last checkpoints, time limit."""
     cfg = run.cfg
-    augment = build_augment(cfg.augment, cfg.model.patch_size_zyx) if cfg.augment.enabled else None
+    a = cfg.augment
+    on_device = a.enabled and a.on_device
+    seed = cfg.train.seed + 1000 * run.epoch
+    augment = build_augment(a, cfg.model.patch_size_zyx) if a.enabled and not on_device else None
+    centre = a if a.enabled and not on_device and _centre_augmented(a) else None
     sampler = PatchSampler(
-        run.train, cfg.model.patch_size_zyx, cfg.data.foreground_fraction, augment, cfg.train.seed + 1000 * run.epoch
+        run.train, cfg.model.patch_size_zyx, cfg.data.foreground_fraction, augment, seed, on_device, centre
     )
+    batch_augment = None
+    if on_device:
+        from .device_augment import DeviceAugment
+
+        batch_augment = DeviceAugment(a, cfg.model.patch_size_zyx, cfg.model.spacing_xyz_mm, seed * 1009 + run.rank)
     loader = torch.utils.data.DataLoader(
         sampler,
         batch_size=cfg.train.batch_size,
@@ -439,7 +453,7 @@ def fit(run: Run) -> Dict[str, float]:
     while run.epoch < cfg.train.epochs:
         t0 = time.monotonic()
         progress = agree_max(run, progress_of(run, (t0 - start) / 60))  # one learning rate on every rank
-        loss = mean_over_ranks(run, train_epoch(run, batches, loss_fn, model, progress))
+        loss = mean_over_ranks(run, train_epoch(run, batches, loss_fn, model, progress, batch_augment))
         run.epoch += 1
         values = {"train_loss": loss, "lr": run.optimizer.param_groups[0]["lr"], "epoch_s": time.monotonic() - t0}
         run.elapsed_s = agree_max(run, time.monotonic() - start)
@@ -461,6 +475,10 @@ def fit(run: Run) -> Dict[str, float]:
     if run.rank == 0 and not run.val:
         save_checkpoint(run, run.out / "best.pt")
     return metrics
+
+
+def _centre_augmented(a) -> bool:
+    return max(a.bias_field_prob, a.coil_prob, a.contrast_prob, a.through_plane_prob) > 0
 
 
 def run(cfg: ExperimentConfig, resume: bool = False) -> Path:
