@@ -170,3 +170,54 @@ def test_the_default_model_recipe_splits_into_folds_by_patient_and_centre(shared
     promise12 = sorted(p.name.split("_")[0] for p in (shared_data / "promise12").glob("Case*_label.nii.gz"))
     # the 36 patients, each held out once, 9 per fold; the synthetic cases always train
     assert sorted(sum(held_out, [])) == promise12 and [len(h) for h in held_out] == [9, 9, 9, 9]
+
+
+def test_final_model_trains_the_recipe_on_every_labelled_case_after_the_folds(tmp_path, capsys):
+    from training.crossval import main
+    from UNetSegmentLib.model_package import ModelPackage
+
+    data = write_pairs(tmp_path / "pairs", 3, prefix="p")
+    first = _stage(tmp_path, "first", data)
+    second = _stage(tmp_path, "second", data, learning_rate=0.001)
+    out = tmp_path / "cv"
+    argv = ["run", "-o", str(out), "--folds", "2", "--config", str(first), "--config", str(second), "--final"]
+    assert main(argv) == 0
+    assert "final model (every labelled case) in" in capsys.readouterr().out
+    for stage in ("first", "second"):
+        with open(out / "final" / stage / "split.csv", newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        assert sorted(r["case_id"] for r in rows) == ["p0", "p1", "p2"] and {r["split"] for r in rows} == {"train"}
+    saved = yaml.safe_load((out / "final" / "second" / "config.yaml").read_text(encoding="utf-8"))
+    assert saved["train"]["init_from"] == str(out / "final" / "first" / "last.pt")
+    assert saved["data"]["folds"] == 0
+    package = ModelPackage.load(out / "final" / "second.model")
+    assert package.info.id == "tiny-cv"
+    times = json.loads((out / "stage_times.json").read_text(encoding="utf-8"))
+    assert set(times) == {f"{w}/{s}" for w in ("fold0", "fold1", "final") for s in ("first", "second")}
+    assert all(t["minutes"] >= 0 and t["device"] == "cpu" for t in times.values())
+    # the same command again trains nothing; --final-only exports the finished final model alone
+    stamp = (out / "final" / "second" / "last.pt").stat().st_mtime_ns
+    assert main(argv) == 0
+    assert main(["run", "-o", str(out), "--config", str(first), "--config", str(second), "--final-only"]) == 0
+    assert (out / "final" / "second" / "last.pt").stat().st_mtime_ns == stamp
+    # --eval-only never trains: a final model not trained yet is an error, not a silent skip
+    capsys.readouterr()
+    assert main(["run", "-o", str(tmp_path / "other"), "--config", str(first), "--final-only", "--eval-only"]) == 1
+    assert "has not finished training" in capsys.readouterr().err
+
+
+@pytest.mark.shared_data
+def test_the_default_model_recipe_final_model_trains_on_all_36_patients(shared_data, tmp_path):
+    from training.crossval import final_configs
+    from training.data.registry import config_cases
+
+    configs = [
+        str(REPO / "training" / "configs" / f"{name}.yaml")
+        for name in ("default_wholegland", "default_wholegland_finetune", "default_wholegland_presence_onesided")
+    ]
+    overrides = [f"data.sources.0.path={shared_data / 'promise12'}", f"data.sources.1.path={tmp_path / 'synthetic'}"]
+    stages = final_configs(configs, overrides, tmp_path / "cv")
+    promise12 = sorted(p.name.split("_")[0] for p in (shared_data / "promise12").glob("Case*_label.nii.gz"))
+    for cfg in stages:
+        cases = [c for c in config_cases(cfg) if c.label and c.source == "promise12"]
+        assert sorted(c.case_id for c in cases) == promise12 and {c.split for c in cases} == {"train"}

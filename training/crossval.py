@@ -2,7 +2,7 @@
 
 ::
 
-    python training/crossval.py run -o runs/cv --folds 4 --config A.yaml [--config B.yaml ...] [key=value ...]
+    python training/crossval.py run -o runs/cv --folds 4 --config A.yaml [--config B.yaml ...] [--final] [key=value ...]
     python training/crossval.py compare runs/cv/A runs/cv/B [-o comparison.md]
 
 ``run`` trains, for each fold, the recipe's stages in order: every stage after the first
@@ -25,6 +25,13 @@ and two recipes that share their first stages (the default model 1.2.0 and 1.3.0
 those runs when given the same ``-o``. A run folder trained with another config is refused.
 ``--fold`` runs chosen folds only (several machines); the pooling happens once every fold
 has its evaluation.
+
+``--final`` then trains the same recipe once more on every labelled case (no case held out;
+``data.folds=0`` and every source's ``use_for_validation: false``) and exports its last epoch
+as ``OUT/final/NAME.model``: the model to ship once the cross-validation has chosen the
+recipe. ``--final-only`` trains that model alone (e.g. on another machine). Each stage's
+training time and device are added to ``OUT/stage_times.json`` (the device minutes of
+issue 20).
 
 ``compare`` pairs two pooled evaluations by patient and structure: mean of each, the mean
 difference (B - A) with a bootstrap 95% interval over patients, and how many patients each
@@ -95,6 +102,93 @@ def stage_configs(
     return stages
 
 
+def final_configs(configs: Sequence[str], overrides: Sequence[str], out: Path) -> List[ExperimentConfig]:
+    """The recipe's stage configs for the final model: every labelled case trains, none is held out."""
+    stages: List[ExperimentConfig] = []
+    names: List[str] = []
+    for path in configs:
+        base = load_config(path, overrides)
+        if base.name in names:
+            raise ConfigError(f"two stages of the recipe are both named {base.name!r}; give each its own name")
+        names.append(base.name)
+        extra = [
+            "data.folds=0",
+            "data.fold=0",
+            f"output_dir={final_dir(out) / base.name}",
+            f"name={base.name}-final",
+            *(f"data.sources.{j}.use_for_validation=false" for j in range(len(base.data.sources))),
+        ]
+        if not base.data.cache_dir:
+            extra.append(f"data.cache_dir={Path(out) / 'cache'}")
+        if stages:
+            extra.append(f"train.init_from={Path(stages[-1].output_dir) / 'last.pt'}")
+        stages.append(load_config(path, [*overrides, *extra]))
+    return stages
+
+
+def final_dir(out: Path) -> Path:
+    return Path(out) / "final"
+
+
+def record_time(out: Path, key: str, seconds: float, device: str) -> None:
+    """Add one stage's training time (minutes) and device to ``OUT/stage_times.json``."""
+    path = Path(out) / "stage_times.json"
+    times = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    times[key] = {"minutes": round(seconds / 60, 2), "device": device}
+    path.write_text(json.dumps(times, indent=2) + "\n", encoding="utf-8")
+
+
+def _device_name(cfg: ExperimentConfig) -> str:
+    import torch
+
+    from UNetSegmentLib.runtime.torch_runtime import resolve_device
+
+    device = resolve_device(cfg.train.device)
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def train_stages(stages: Sequence[ExperimentConfig], out: Path, where: str, train: bool = True) -> None:
+    """Train each stage unless finished (resuming a stopped one); a folder trained with another config is refused."""
+    import time
+
+    from training.trainer import run
+
+    for cfg in stages:
+        run_dir = Path(cfg.output_dir)
+        if (run_dir / "config.yaml").is_file() and _saved_config(run_dir) != cfg:
+            raise ConfigError(
+                f"{run_dir} was trained with another config than this recipe's {cfg.name} now gives; "
+                "remove the folder or choose another --output"
+            )
+        if (run_dir / "summary.json").is_file():
+            log.info("%s: %s already trained (%s)", where, cfg.name, run_dir)
+            continue
+        if not train:
+            raise FileNotFoundError(f"{where}: {run_dir} has not finished training (no summary.json)")
+        t0 = time.monotonic()
+        run(cfg, resume=(run_dir / "last.pt").is_file())
+        record_time(out, f"{where}/{run_dir.name}", time.monotonic() - t0, _device_name(cfg))
+
+
+def run_final(configs: Sequence[str], overrides: Sequence[str], out: Path, train: bool = True) -> Path:
+    """Train the recipe on every labelled case (unless done) and export its last epoch; the package folder."""
+    from training.data.registry import config_cases
+    from training.export import export_run
+
+    stages = final_configs(configs, overrides, out)
+    cases = [c for c in config_cases(stages[0]) if c.label]
+    held = [c.case_id for c in cases if c.split != "train"]
+    if held:
+        raise ConfigError(f"the final model would not train on {len(held)} labelled cases ({', '.join(held[:5])})")
+    log.info("final model: %d labelled cases, none held out", len(cases))
+    train_stages(stages, out, "final", train)
+    return export_run(
+        Path(stages[-1].output_dir), final_dir(out) / f"{recipe_name(configs, overrides)}.model", checkpoint="last.pt"
+    ).path
+
+
 def check_same_split(stages: Sequence[ExperimentConfig]) -> List[str]:
     """The fold's validation patients, the same in every stage (else the later stages would train on them)."""
     from training.data.registry import config_cases
@@ -135,24 +229,11 @@ def run_fold(
     """Train the recipe on one fold (unless done), export the last epoch, evaluate it; the evaluation folder."""
     from training.evaluate import cases_from_data, evaluate
     from training.export import export_run
-    from training.trainer import run
 
     stages = stage_configs(configs, overrides, out, folds, fold)
     held_out = check_same_split(stages)
     log.info("fold %d of %d: %d held-out patients: %s", fold, folds, len(held_out), ", ".join(held_out))
-    for cfg in stages:
-        run_dir = Path(cfg.output_dir)
-        if (run_dir / "config.yaml").is_file() and _saved_config(run_dir) != cfg:
-            raise ConfigError(
-                f"{run_dir} was trained with another config than this recipe's {cfg.name} now gives; "
-                "remove the folder or choose another --output"
-            )
-        if (run_dir / "summary.json").is_file():
-            log.info("fold %d: %s already trained (%s)", fold, cfg.name, run_dir)
-            continue
-        if not train:
-            raise FileNotFoundError(f"fold {fold}: {run_dir} has not finished training (no summary.json)")
-        run(cfg, resume=(run_dir / "last.pt").is_file())
+    train_stages(stages, out, f"fold{fold}", train)
     last_run = Path(stages[-1].output_dir)
     recipe = recipe_name(configs, overrides)
     package = export_run(last_run, fold_dir(out, fold) / f"{recipe}.model", checkpoint="last.pt")
@@ -296,6 +377,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--device", default="auto", help="evaluation device: auto, cpu or cuda")
     r.add_argument("--quality", default="standard", choices=QUALITIES, help="evaluation --quality (default standard)")
     r.add_argument("--eval-only", action="store_true", help="do not train: evaluate and pool finished folds")
+    r.add_argument("--final", action="store_true", help="then train the recipe on every labelled case (OUT/final)")
+    r.add_argument("--final-only", action="store_true", help="train only the final model, no folds")
     r.add_argument("overrides", nargs="*", help="dotted overrides for every stage, e.g. train.epochs=5")
     c = sub.add_parser("compare", help="two pooled evaluations side by side, paired by patient")
     c.add_argument("a", type=Path, help="evaluation folder A (per_case.csv), e.g. a cross-validation's output")
@@ -326,11 +409,22 @@ def main(argv=None) -> int:
         bad = [f for f in chosen if not 0 <= f < args.folds]
         if bad:
             raise ConfigError(f"--fold {bad[0]} is not between 0 and {args.folds - 1}")
-        for f in chosen:
-            run_fold(
-                args.config, args.overrides, args.output, args.folds, f, args.device, args.quality, not args.eval_only
-            )
-        pooled = pool(args.output, args.folds, args.config, args.overrides)
+        pooled = final = None
+        if not args.final_only:
+            for f in chosen:
+                run_fold(
+                    args.config,
+                    args.overrides,
+                    args.output,
+                    args.folds,
+                    f,
+                    args.device,
+                    args.quality,
+                    not args.eval_only,
+                )
+            pooled = pool(args.output, args.folds, args.config, args.overrides)
+        if args.final or args.final_only:
+            final = run_final(args.config, args.overrides, args.output, not args.eval_only)
     except (ConfigError, ValueError, OSError, ModelPackageError, ImageReadError) as e:  # as evaluate.py: one line
         print(f"crossval.py: {e}", file=sys.stderr)
         return 1
@@ -341,6 +435,8 @@ def main(argv=None) -> int:
             if d["mean"] is not None:  # None where no case had a finite Dice
                 print(f"{name}: Dice {d['mean']:.3f} +/- {d['std']:.3f} over {s['n']} patients")
         print(f"pooled results in {pooled}")
+    if final is not None:
+        print(f"final model (every labelled case) in {final}")
     return 0
 
 
