@@ -5,17 +5,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage
 
+from .morphology import fill_holes, largest_component
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 26-connected component of a boolean ``(z, y, x)`` mask (empty stays empty)."""
-    lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    if n <= 1:
-        return mask
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    return lab == int(sizes.argmax())
+__all__ = ["largest_component", "postprocess_labels"]
 
 
 def postprocess_labels(labels_zyx: np.ndarray, values: Sequence[int]) -> np.ndarray:
@@ -33,10 +26,10 @@ def postprocess_labels(labels_zyx: np.ndarray, values: Sequence[int]) -> np.ndar
         mask = largest_component(labels_zyx == v)
         if not mask.any():
             continue
-        mask = ndimage.binary_fill_holes(mask)
+        mask = fill_holes(mask)
         for z in range(mask.shape[0]):
             if mask[z].any():
-                mask[z] = ndimage.binary_fill_holes(mask[z])
+                mask[z] = fill_holes(mask[z])
         filled[v] = mask
     out = np.zeros_like(labels_zyx)
     for v in sorted(filled, key=lambda v: np.count_nonzero(filled[v])):

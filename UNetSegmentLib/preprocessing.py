@@ -132,13 +132,13 @@ def _keep_largest_components(labels_zyx: np.ndarray, values: Sequence[int]) -> N
     bridge one model voxel thin falls below the 0.5 threshold; the fragments are dropped so
     that every structure is one piece on the grid the user sees too.
     """
-    from scipy import ndimage
+    from .morphology import label_components
 
     for v in values:
         mask = labels_zyx == v
         if not mask.any():
             continue
-        lab, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+        lab, n = label_components(mask)
         if n > 1:
             sizes = np.bincount(lab.ravel())
             sizes[0] = 0

@@ -35,9 +35,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from .labels import PLAUSIBLE_GLAND_ML
+from .morphology import fill_holes, label_components
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ def output_flags(
                 f"The gland measures {volume:.1f} mL, outside the usual {lo:.0f}-{hi:.0f} mL: check the outline.",
             )
         )
-    _, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    _, n = label_components(mask)
     if n > 1:
         flags.append(Flag("output", "several_components", f"The segmentation has {n} separate pieces, not one gland."))
     flags.extend(_border_flags(mask, labelmap))
@@ -324,7 +324,7 @@ def output_flags(
                 f"{gaps} slice(s) inside the gland have no segmentation: the outline is broken along the slices.",
             )
         )
-    holes = sum(int(np.count_nonzero(ndimage.binary_fill_holes(m) & ~m)) for m in mask if m.any())
+    holes = sum(int(np.count_nonzero(fill_holes(m) & ~m)) for m in mask if m.any())
     if holes > HOLE_FRACTION * mask.sum():
         flags.append(
             Flag("output", "holes", f"The segmentation has holes ({holes * voxel_ml:.2f} mL) inside the gland.")
