@@ -123,9 +123,12 @@ def main(argv=None) -> int:
     p.add_argument("--patch", type=int, nargs=3, default=[20, 128, 128], metavar=("Z", "Y", "X"))
     p.add_argument("--seconds", type=float, default=10.0, help="time per measurement (default 10)")
     p.add_argument("--base-channels", type=int, default=8)
+    p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN choose its convolution algorithms")
     p.add_argument("-o", "--output", type=Path, help="also write the JSON here")
     args = p.parse_args(argv)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     result = measure(torch.device(args.device), args.batch, args.patch, args.seconds, args.base_channels)
+    result["cudnn_benchmark"] = args.cudnn_benchmark
     text = json.dumps(result, indent=2)
     print(text)
     if args.output:
