@@ -185,6 +185,8 @@ def test_config_rejects_bad_augmentation_values(tmp_path):
         load_config(None, ["augment.contrast_range=[1.2, 0.8]"])
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(None, ["augment.on_gpu=true"])
+    with pytest.raises(ConfigError, match="elastic"):
+        load_config(None, ["augment.on_device=true", "augment.elastic_prob=0.2"])
     assert load_config(None, ["augment.on_device=true"]).augment.on_device is True
 
 

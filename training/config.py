@@ -279,6 +279,10 @@ def _validate(cfg: ExperimentConfig) -> None:
     probs += [a.bias_field_prob, a.coil_prob, a.contrast_prob, a.through_plane_prob]
     if any(not 0 <= p <= 1 for p in probs):
         raise ConfigError("augment: every *_prob must be between 0 and 1")
+    if a.on_device and a.elastic_prob > 0:
+        raise ConfigError(
+            "augment.elastic_prob: the elastic deformation runs on the CPU only; not with augment.on_device"
+        )
     if len(a.contrast_range) != 2 or not 0 < a.contrast_range[0] <= a.contrast_range[1]:
         raise ConfigError(f"augment.contrast_range must be two factors 0 < low <= high, not {a.contrast_range}")
     if a.through_plane_factor < 1 or not 0 <= a.coil_strength < 1 or a.bias_field_strength < 0:
