@@ -190,33 +190,33 @@ def test_config_rejects_bad_augmentation_values(tmp_path):
     assert load_config(None, ["augment.on_device=true"]).augment.on_device is True
 
 
-def test_tiny_training_with_augmentation_on_the_device(tmp_path):
+@pytest.mark.parametrize("on_device", [True, False])
+def test_tiny_training_with_the_centres_augmentation_is_reproducible(tmp_path, on_device):
     from conftest import tiny_experiment, write_pairs
 
     from training.config import ExperimentConfig, from_dict
     from training.trainer import run
 
     data = write_pairs(tmp_path / "pairs", 3, prefix="p")
-    d = tiny_experiment(
-        "dev-aug",
-        tmp_path / "run",
-        {"format": "pairs", "path": str(data), "label_map": {1: "prostate"}},
-        iterations_per_epoch=3,
-    )
-    d["augment"] = {
-        "enabled": True,
-        "on_device": True,
-        "bias_field_prob": 0.5,
-        "coil_prob": 0.5,
-        "contrast_prob": 0.5,
-        "through_plane_prob": 0.5,
-    }
-    out = run(from_dict(ExperimentConfig, d))
-    summary = (out / "summary.json").read_text(encoding="utf-8")
-    assert '"epochs": 1' in summary
-    rows = (out / "log.csv").read_text(encoding="utf-8")
-    loss = [float(r.split(",")[2]) for r in rows.splitlines() if ",train_loss," in r]
-    assert len(loss) == 1 and np.isfinite(loss[0])
+    source = {"format": "pairs", "path": str(data), "label_map": {1: "prostate"}}
+    weights = []
+    for name in ("a", "b"):
+        d = tiny_experiment("aug", tmp_path / name, source, iterations_per_epoch=3)
+        d["augment"] = {
+            "enabled": True,
+            "on_device": on_device,
+            "bias_field_prob": 0.5,
+            "coil_prob": 0.5,
+            "contrast_prob": 0.5,
+            "through_plane_prob": 0.5,
+        }
+        out = run(from_dict(ExperimentConfig, d))
+        assert '"epochs": 1' in (out / "summary.json").read_text(encoding="utf-8")
+        rows = (out / "log.csv").read_text(encoding="utf-8").splitlines()
+        loss = [float(r.split(",")[2]) for r in rows if ",train_loss," in r]
+        assert len(loss) == 1 and np.isfinite(loss[0])
+        weights.append(torch.load(out / "last.pt", map_location="cpu", weights_only=False)["model"])
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_the_sampler_cuts_the_margin_for_the_device_and_applies_the_centre_changes_on_the_cpu():
