@@ -206,7 +206,8 @@ class PatchSampler(torch.utils.data.IterableDataset):
                 lab_t = torch.as_tensor(d["label"]).round().long()
             else:
                 img_t = torch.from_numpy(img[None]).float()
-                lab_t = torch.from_numpy(lab[None].astype(np.int64))
+                # for the device's augmentation: uint8, an eighth of the bytes to copy (made int64 there)
+                lab_t = torch.from_numpy(lab[None].astype(np.uint8 if self.margin else np.int64))
             if self.centre is not None:
                 from .device_augment import centre_transforms
 

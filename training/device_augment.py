@@ -35,6 +35,11 @@ def _chosen(g: torch.Generator, n: int, prob: float) -> torch.Tensor:
     return torch.rand(n, generator=g) < prob
 
 
+def _on(pick: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A (B,) choice made on the CPU (no device sync to test it) as a (B, 1, 1, 1, 1) mask on ``device``."""
+    return pick.to(device, non_blocking=True).view(-1, 1, 1, 1, 1)
+
+
 def _rotation_xyz(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     """(n, 3, 3) rotations in (x, y, z) order: ``c`` about z (in-plane), ``b`` about y, ``a`` about x (radians)."""
     n = a.shape[0]
@@ -136,7 +141,7 @@ def centre_transforms(image: torch.Tensor, cfg: AugmentConfig, g: torch.Generato
     b, dev = image.shape[0], image.device
     out = image
     z, y, x = _coordinates(image.shape[2:], dev)
-    pick = _chosen(g, b, cfg.bias_field_prob).to(dev)
+    pick = _chosen(g, b, cfg.bias_field_prob)
     if cfg.bias_field_prob > 0 and bool(pick.any()):
         polys = [[torch.ones_like(t), t, 1.5 * t**2 - 0.5, 2.5 * t**3 - 1.5 * t] for t in (z, y, x)]
         log_field = torch.zeros_like(out)
@@ -149,8 +154,8 @@ def centre_transforms(image: torch.Tensor, cfg: AugmentConfig, g: torch.Generato
         peak = log_field.abs().amax(dim=(1, 2, 3, 4), keepdim=True).clamp_min(1e-6)
         strength = (torch.rand(b, generator=g) * cfg.bias_field_strength).to(dev, out.dtype).view(b, 1, 1, 1, 1)
         field = torch.exp(log_field / peak * strength)
-        out = torch.where(pick.view(b, 1, 1, 1, 1), _rescaled(out, lambda u: u * field), out)
-    pick = _chosen(g, b, cfg.coil_prob).to(dev)
+        out = torch.where(_on(pick, dev), _rescaled(out, lambda u: u * field), out)
+    pick = _chosen(g, b, cfg.coil_prob)
     if cfg.coil_prob > 0 and bool(pick.any()):
         angle = (torch.rand(b, generator=g) * 2 * math.pi).to(dev, out.dtype).view(b, 1, 1, 1, 1)
         # distance (in half-widths, 0..2) from the side the coil lies on, in-plane
@@ -158,13 +163,13 @@ def centre_transforms(image: torch.Tensor, cfg: AugmentConfig, g: torch.Generato
         length = (0.3 + 0.7 * torch.rand(b, generator=g)).to(dev, out.dtype).view(b, 1, 1, 1, 1)
         depth = (torch.rand(b, generator=g) * cfg.coil_strength).to(dev, out.dtype).view(b, 1, 1, 1, 1)
         profile = 1 - depth * (1 - torch.exp(-d / length))
-        out = torch.where(pick.view(b, 1, 1, 1, 1), _rescaled(out, lambda u: u * profile), out)
-    pick = _chosen(g, b, cfg.contrast_prob).to(dev)
+        out = torch.where(_on(pick, dev), _rescaled(out, lambda u: u * profile), out)
+    pick = _chosen(g, b, cfg.contrast_prob)
     if cfg.contrast_prob > 0 and bool(pick.any()):
         lo, hi = cfg.contrast_range
         f = _uniform(g, b, lo, hi).to(dev, out.dtype).view(b, 1, 1, 1, 1)
         mean = out.mean(dim=(1, 2, 3, 4), keepdim=True)
-        out = torch.where(pick.view(b, 1, 1, 1, 1), (out - mean) * f + mean, out)
+        out = torch.where(_on(pick, dev), (out - mean) * f + mean, out)
     pick = _chosen(g, b, cfg.through_plane_prob)
     if cfg.through_plane_prob > 0 and bool(pick.any()) and out.shape[2] > 1:
         factor = 1 + torch.rand(b, generator=g, dtype=torch.float64) * (cfg.through_plane_factor - 1)
@@ -237,21 +242,21 @@ class DeviceAugment:
         sig = torch.stack([torch.zeros(b), _uniform(g, b, 0.5, 1.0).float(), _uniform(g, b, 0.5, 1.0).float()], 1)
         if bool(pick.any()):
             out = gaussian_blur(out, sig * pick[:, None])
-        pick = _chosen(g, b, c.gamma_prob).to(dev)
+        pick = _chosen(g, b, c.gamma_prob)
         gamma = _uniform(g, b, 0.7, 1.5).to(dev, out.dtype).view(b, 1, 1, 1, 1)
         if bool(pick.any()):
-            out = torch.where(pick.view(b, 1, 1, 1, 1), _rescaled(out, lambda u: u.clamp_min(0) ** gamma), out)
-        pick = _chosen(g, b, c.intensity_prob).to(dev)
+            out = torch.where(_on(pick, dev), _rescaled(out, lambda u: u.clamp_min(0) ** gamma), out)
+        pick = _chosen(g, b, c.intensity_prob)
         factor = _uniform(g, b, -0.25, 0.25).to(dev, out.dtype).view(b, 1, 1, 1, 1)
-        out = torch.where(pick.view(b, 1, 1, 1, 1), out * (1 + factor), out)
-        pick = _chosen(g, b, c.intensity_prob).to(dev)
+        out = torch.where(_on(pick, dev), out * (1 + factor), out)
+        pick = _chosen(g, b, c.intensity_prob)
         offset = _uniform(g, b, -0.1, 0.1).to(dev, out.dtype).view(b, 1, 1, 1, 1)
-        out = torch.where(pick.view(b, 1, 1, 1, 1), out + offset, out)
-        pick = _chosen(g, b, c.noise_prob).to(dev)
+        out = torch.where(_on(pick, dev), out + offset, out)
+        pick = _chosen(g, b, c.noise_prob)
         std = _uniform(g, b, 0.0, 0.1).to(dev, out.dtype).view(b, 1, 1, 1, 1)
         if bool(pick.any()):
             noise = torch.randn(out.shape, generator=self._noise_generator(dev), device=dev, dtype=out.dtype)
-            out = torch.where(pick.view(b, 1, 1, 1, 1), out + std * noise, out)
+            out = torch.where(_on(pick, dev), out + std * noise, out)
         return centre_transforms(out, c, g)
 
     @torch.no_grad()

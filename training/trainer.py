@@ -330,6 +330,7 @@ def train_epoch(run: Run, batches, loss_fn, model, progress: float, augment=None
         target = target.to(run.device, non_blocking=True)
         if augment is not None:
             image, target = augment(image, target)
+            target = target.long()
         if run.device.type == "cpu":
             image = image.contiguous(memory_format=torch.channels_last_3d)
         with autocast(run):
@@ -442,6 +443,7 @@ def fit(run: Run) -> Dict[str, float]:
         batch_size=cfg.train.batch_size,
         num_workers=cfg.train.num_workers,
         persistent_workers=cfg.train.num_workers > 0,
+        pin_memory=run.device.type == "cuda",
     )
     batches = iter(loader)
     model = run.model
