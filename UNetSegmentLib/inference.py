@@ -24,7 +24,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -33,7 +33,7 @@ from .model_package import ModelPackage
 from .postprocessing import largest_component, postprocess_labels
 from .preprocessing import ModelGrid, preprocess_image
 from .runtime import BACKENDS, DEVICES, PRECISIONS, CancelledError, Runtime, create_runtime
-from .sliding_window import sliding_window, window_count
+from .sliding_window import sliding_window
 
 log = logging.getLogger(__name__)
 
@@ -410,13 +410,3 @@ def label_volumes_ml(labelmap: sitk.Image, labels: Sequence) -> Dict[str, float]
     counts = np.bincount(sitk.GetArrayViewFromImage(labelmap).ravel(), minlength=256)
     voxel_ml = float(np.prod(labelmap.GetSpacing())) / 1000.0
     return {lab.structure.name: float(counts[lab.value] * voxel_ml) for lab in labels}
-
-
-def passes_summary(predictor: Predictor, shape_zyx: Sequence[int]) -> List[str]:
-    """Human-readable plan of the passes for a model grid (for logs and benchmarks)."""
-    win, overlap = predictor.window_for(shape_zyx)
-    n = window_count(shape_zyx, win, overlap)
-    out = [f"pass 1: {n} window(s) of {win[0]}x{win[1]}x{win[2]} over the {'x'.join(map(str, shape_zyx))} grid"]
-    for flip in predictor.flips:
-        out.append(f"flipped pass along axes {flip}: over the {predictor.flip_region or 'full'} region")
-    return out

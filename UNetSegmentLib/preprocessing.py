@@ -132,17 +132,12 @@ def _keep_largest_components(labels_zyx: np.ndarray, values: Sequence[int]) -> N
     bridge one model voxel thin falls below the 0.5 threshold; the fragments are dropped so
     that every structure is one piece on the grid the user sees too.
     """
-    from .morphology import label_components
+    from .morphology import largest_component
 
     for v in values:
         mask = labels_zyx == v
-        if not mask.any():
-            continue
-        lab, n = label_components(mask)
-        if n > 1:
-            sizes = np.bincount(lab.ravel())
-            sizes[0] = 0
-            labels_zyx[(lab != 0) & (lab != int(sizes.argmax()))] = 0
+        if mask.any():
+            labels_zyx[mask & ~largest_component(mask)] = 0
 
 
 def _empty_like(img: sitk.Image) -> sitk.Image:

@@ -54,8 +54,6 @@ from benchmarks.common import (  # noqa: E402
 )
 
 DEFAULT_CASES = ("Case13", "Case14", "Case16", "Case17", "Case18", "Case19", "Case21", "Case22")
-#: CPU flags that decide how fast the convolutions run (from /proc/cpuinfo).
-ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
 @dataclass
@@ -89,18 +87,6 @@ def parse_variants(text: str) -> List[str]:
     if not names or len(set(names)) != len(names):
         raise argparse.ArgumentTypeError(f"give distinct variants, the first the baseline, not {text!r}")
     return names
-
-
-def instruction_sets() -> List[str]:
-    """The :data:`ISA_FLAGS` this CPU has (empty where /proc/cpuinfo is missing)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                return [f for f in ISA_FLAGS if f in flags]
-    except OSError:
-        pass
-    return []
 
 
 def build_command(variant: str, input_dir: Path, output_dir: Path, args: argparse.Namespace) -> List[str]:
@@ -346,8 +332,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     baseline = args.variants[0]
     cases = [r["case"] for r in _summary_rows(outputs[baseline] / "summary.csv")]
     env = environment()
-    env["instruction_sets"] = " ".join(instruction_sets())
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    env["instruction_sets"] = env["cpu_isa"]  # from UNetSegmentLib.hardware, as every benchmark records it
+    cores = env["cpus_available"]
     env["cores_available"] = cores
     variants = summarise(runs, baseline)
     result = {
