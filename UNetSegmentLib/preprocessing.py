@@ -19,7 +19,19 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
-import SimpleITK as sitk
+
+try:
+    import SimpleITK as sitk
+except ImportError as e:  # a GPU machine training from a data pack (training/pack.py) has no SimpleITK
+    _NO_SITK = str(e)
+
+    class _MissingSimpleITK:
+        """Stands in for SimpleITK: PreprocessingSpec and the array helpers work, the rest says what is missing."""
+
+        def __getattr__(self, name: str):
+            raise ImportError(f"SimpleITK is needed for this ({_NO_SITK}): python -m pip install SimpleITK")
+
+    sitk = _MissingSimpleITK()  # type: ignore[assignment]
 
 NORMALIZATIONS = ("zscore", "none")
 

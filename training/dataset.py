@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
-from UNetSegmentLib.io import read_image
 from UNetSegmentLib.labels import ZONES, structure
-from UNetSegmentLib.preprocessing import PreprocessingSpec, crop_or_pad, preprocess_image, preprocess_label
+from UNetSegmentLib.preprocessing import PreprocessingSpec, crop_or_pad
 
 from .config import AugmentConfig
 from .data import Case
@@ -89,6 +87,11 @@ def load_volume(case: Case, spec: PreprocessingSpec, structures: Sequence[str], 
     if f.exists():
         with np.load(f) as z:
             return Volume(case, z["image"], z["target"], str(z["kind"]))
+    import SimpleITK as sitk  # here, not above: training from a data pack (training/pack.py) needs no SimpleITK
+
+    from UNetSegmentLib.io import read_image
+    from UNetSegmentLib.preprocessing import preprocess_image, preprocess_label
+
     image = read_image(case.image, channel=case.channel)
     array, grid = preprocess_image(image, spec)
     if case.label is None:

@@ -59,6 +59,7 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
+from training.anatomy import anatomy_checks  # noqa: E402  (the trainer imports it without SimpleITK)
 from training.data import Case  # noqa: E402
 from UNetSegmentLib.inference import QUALITIES, WINDOW_MODES  # noqa: E402
 from UNetSegmentLib.runtime import BACKENDS, RuntimeUnavailable  # noqa: E402
@@ -135,28 +136,6 @@ def compare_masks(pred_zyx: np.ndarray, ref_zyx: np.ndarray, spacing_zyx_mm: Seq
         asd_mm=_finite(float(asd.flatten()[0])),
     )
     return out
-
-
-def anatomy_checks(pred_zyx: np.ndarray, ref_zyx: np.ndarray) -> Dict[str, float]:
-    """Connected components of the prediction and its coverage of the reference, slice by slice.
-
-    ``components``: 26-connected components of ``pred_zyx``; ``ref_slices``: slices
-    along axis 0 (z, the image's slice axis) holding reference voxels;
-    ``slices_missed``: how many of those have no predicted voxel on the reference.
-    Floats, so they summarise like the other metrics.
-    """
-    from scipy import ndimage
-
-    pred = np.asarray(pred_zyx, dtype=bool)
-    ref = np.asarray(ref_zyx, dtype=bool)
-    _, n = ndimage.label(pred, structure=np.ones((3, 3, 3), dtype=bool))
-    labelled = ref.any(axis=(1, 2))
-    hit = (pred & ref).any(axis=(1, 2))
-    return {
-        "components": float(n),
-        "ref_slices": float(labelled.sum()),
-        "slices_missed": float((labelled & ~hit).sum()),
-    }
 
 
 def _finite(v: float) -> float:

@@ -18,7 +18,24 @@ slices (the gland must be found there), ``slice_absence_weight`` the others
 from __future__ import annotations
 
 import torch
-from monai.losses import DiceCELoss
+
+
+def dice_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Soft Dice + cross-entropy, per sample and class, averaged: MONAI's ``DiceCELoss(to_onehot_y=True,
+    softmax=True, batch=False)`` operation for operation (the same value and gradient, bit for bit;
+    Testing/test_training.py checks it), in plain torch so that training needs no MONAI.
+
+    ``logits (N, C, z, y, x)`` float, ``target (N, 1, z, y, x)`` integer class indices.
+    """
+    probs = torch.softmax(logits, 1)
+    onehot = torch.zeros(probs.shape, dtype=torch.float, device=logits.device).scatter_(1, target.long(), 1)
+    dims = list(range(2, logits.ndim))
+    tp = torch.sum(probs * onehot, dim=dims)
+    fp = (torch.sum(probs, dim=dims) - tp) * 0.5
+    fn = (torch.sum(onehot, dim=dims) - tp) * 0.5
+    dice = 1 - (2 * tp + 1e-5) / (2 * (tp + fp + fn) + 1e-5)
+    ce = torch.nn.functional.cross_entropy(logits, torch.squeeze(target, dim=1).long())
+    return 1.0 * torch.mean(dice) + 1.0 * ce
 
 
 class PartialLabelDiceCE(torch.nn.Module):
@@ -32,7 +49,6 @@ class PartialLabelDiceCE(torch.nn.Module):
         ):
             if w < 0:
                 raise ValueError(f"{name} must be >= 0, not {w}")
-        self.full = DiceCELoss(to_onehot_y=True, softmax=True, batch=False)
         self.slice_weights = (float(slice_presence_weight), float(slice_absence_weight))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, gland_only: torch.Tensor) -> torch.Tensor:
@@ -41,7 +57,7 @@ class PartialLabelDiceCE(torch.nn.Module):
         losses = []
         if (~gland_only).any():
             m = ~gland_only
-            losses.append(self.full(logits[m], target[m]) * m.sum())
+            losses.append(dice_ce(logits[m], target[m]) * m.sum())
         if gland_only.any():
             m = gland_only
             p = torch.softmax(logits[m], dim=1)

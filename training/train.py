@@ -15,6 +15,9 @@ validates and writes the run folder.
 The run folder (``output_dir``) receives the config, software versions, the
 patient split, CSV and TensorBoard logs, ``last.pt`` (resume with
 ``--resume``) and ``best.pt``; ``--export`` also writes the model package.
+``--pack FILE`` trains from a data pack (``training/pack.py``: the cases on the model
+grid in one file) instead of the sources, with neither SimpleITK nor MONAI needed when
+``augment.on_device: true``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=5 output_dir=runs/x")
     p.add_argument("--resume", action="store_true", help="continue from output_dir/last.pt")
     p.add_argument("--export", metavar="FOLDER", help="write the best model as a model package here when done")
+    p.add_argument("--pack", metavar="FILE", help="train from this data pack (training/pack.py) instead of the sources")
     return p.parse_args(argv)
 
 
@@ -59,7 +63,7 @@ def main(argv=None) -> int:
     from training.trainer import run
 
     try:
-        out = run(cfg, resume=args.resume)
+        out = run(cfg, resume=args.resume, pack=args.pack)
     except (ValueError, FileNotFoundError) as e:
         print(f"train.py: {e}", file=sys.stderr)
         return 1

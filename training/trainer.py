@@ -11,7 +11,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 import torch
@@ -69,14 +69,24 @@ def seed_everything(seed: int) -> None:
 
 
 def software_versions() -> Dict[str, str]:
-    import monai
-    import SimpleITK
+    """Versions of what training used; MONAI and SimpleITK may be absent (training from a data pack)."""
+    try:
+        import monai
 
+        monai_version = monai.__version__
+    except ImportError:
+        monai_version = "not installed"
+    try:
+        import SimpleITK
+
+        sitk_version = SimpleITK.Version_VersionString()
+    except ImportError:
+        sitk_version = "not installed"
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "monai": monai.__version__,
-        "SimpleITK": SimpleITK.Version_VersionString(),
+        "monai": monai_version,
+        "SimpleITK": sitk_version,
         "numpy": np.__version__,
         "platform": platform.platform(),
     }
@@ -128,12 +138,21 @@ def mean_over_ranks(run: Run, value: float) -> float:
     return float(t.item()) / run.world
 
 
-def load_data(cfg: ExperimentConfig, out: Path, rank: int = 0, world: int = 1) -> tuple:
+def load_data(cfg: ExperimentConfig, out: Path, rank: int = 0, world: int = 1, pack=None) -> tuple:
     """Read the sources, split by patient, and preprocess every case (cached).
 
     Under ``torchrun`` rank 0 fills the cache first and the other ranks then read it,
-    so that no two processes preprocess (and write) the same case.
+    so that no two processes preprocess (and write) the same case. ``pack``: a
+    ``training.pack.Pack`` holding the cases and volumes instead (no sources, no SimpleITK).
     """
+    if pack is not None:
+        pack.check(cfg)
+        cases = config_cases(cfg, pack.reader)
+        train_cases = [c for c in cases if c.split == "train" and c.label]
+        val_cases = [c for c in cases if c.split == "validation" and c.label]
+        if not train_cases:
+            raise ValueError("no labelled training cases in the configured sources")
+        return cases, [pack.volume(c) for c in train_cases], [pack.volume(c) for c in val_cases]
     cases = config_cases(cfg)
     spec = preprocessing_spec(cfg)
     cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else out / "cache"
@@ -172,7 +191,16 @@ def write_split(out: Path, cases: List[Case]) -> None:
         w.writerows(rows)
 
 
-def build(cfg: ExperimentConfig, resume: bool) -> Run:
+def build(cfg: ExperimentConfig, resume: bool, pack: Optional[Union[str, Path]] = None) -> Run:
+    """The run of ``cfg``: data, network, optimizer (resumed from ``last.pt`` with ``resume``).
+
+    ``pack``: train from this data pack (``training/pack.py``) instead of the sources.
+    """
+    data_pack = None
+    if pack is not None:
+        from .pack import open_pack
+
+        data_pack = open_pack(pack)
     out = Path(cfg.output_dir)
     resuming = resume and (out / "last.pt").exists()
     init = initial_weights(cfg) if cfg.train.init_from and not resuming else None  # checked before writing
@@ -190,9 +218,11 @@ def build(cfg: ExperimentConfig, resume: bool) -> Run:
     bf16 = cfg.train.precision == "bfloat16" or (
         cfg.train.precision == "auto" and (device.type == "cuda" or cpu_supports_bf16())
     )
-    cases, train, val = load_data(cfg, out, rank, world)
+    cases, train, val = load_data(cfg, out, rank, world, data_pack)
     if rank == 0:
         write_split(out, cases)
+        if data_pack is not None:
+            (out / "pack.json").write_text(json.dumps(data_pack.record(), indent=2), encoding="utf-8")
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
         (out / "versions.json").write_text(json.dumps(software_versions(), indent=2), encoding="utf-8")
     model = UNet3D(network_config(cfg)).to(device)
@@ -351,9 +381,9 @@ def validate(run: Run) -> Dict[str, float]:
     """Dice per structure on whole validation volumes (model grid): Gaussian sliding window, overlap 0.25, no post-processing.
 
     ``slices_missed_gland``: labelled z-slices, summed over the validation volumes, where no
-    predicted gland voxel lies on the reference (``evaluate.anatomy_checks``; a missed base or apex).
+    predicted gland voxel lies on the reference (``anatomy.anatomy_checks``; a missed base or apex).
     """
-    from training.evaluate import anatomy_checks
+    from training.anatomy import anatomy_checks
     from UNetSegmentLib.sliding_window import sliding_window
 
     model = _bare(run.model)
@@ -486,9 +516,12 @@ def _centre_augmented(a) -> bool:
     return max(a.bias_field_prob, a.coil_prob, a.contrast_prob, a.through_plane_prob) > 0
 
 
-def run(cfg: ExperimentConfig, resume: bool = False) -> Path:
-    """Build, fit, and return the output folder (with best.pt, last.pt, logs, config, split)."""
-    r = build(cfg, resume)
+def run(cfg: ExperimentConfig, resume: bool = False, pack: Optional[Union[str, Path]] = None) -> Path:
+    """Build, fit, and return the output folder (with best.pt, last.pt, logs, config, split).
+
+    ``pack``: train from this data pack (``training/pack.py``) instead of the sources.
+    """
+    r = build(cfg, resume, pack)
     fit(r)
     if r.rank == 0:
         summary = {"best_epoch": r.best_epoch, "best_val_dice": r.best_dice, "epochs": r.epoch}

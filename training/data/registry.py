@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from dataclasses import replace
-from typing import Dict, List, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from ..config import DatasetSource, ExperimentConfig
 from . import Case
@@ -93,16 +93,24 @@ def assign_fold(cases: List[Case], foldable: Set[str], folds: int, fold: int, se
     return [replace(c, split="validation" if c.case_id in chosen else "train") if folded(c) else c for c in cases]
 
 
-def read_all(sources: List[DatasetSource], per_group: int, seed: int, folds: int = 0, fold: int = 0) -> List[Case]:
+def read_all(
+    sources: List[DatasetSource],
+    per_group: int,
+    seed: int,
+    folds: int = 0,
+    fold: int = 0,
+    reader: Optional[Callable[[DatasetSource], List[Case]]] = None,
+) -> List[Case]:
     """Read every source and assign validation; case ids must be unique across sources.
 
     With ``folds`` (cross-validation) the validation cases are fold ``fold`` of the cases
     of every source used for validation (:func:`assign_fold`) instead of ``per_group`` per centre.
+    ``reader`` replaces :func:`read_source` (a data pack's cases, ``training/pack.py``).
     """
     out: List[Case] = []
     foldable: Set[str] = set()
     for src in sources:
-        cases = read_source(src)
+        cases = (reader or read_source)(src)
         if not src.use_for_validation:
             cases = [replace(c, split="train") if c.split == "validation" else c for c in cases]
         elif folds:
@@ -124,7 +132,10 @@ def read_all(sources: List[DatasetSource], per_group: int, seed: int, folds: int
     return out
 
 
-def config_cases(cfg: ExperimentConfig) -> List[Case]:
-    """The cases of an experiment config, each with its split (validation, or the cross-validation fold)."""
+def config_cases(cfg: ExperimentConfig, reader: Optional[Callable[[DatasetSource], List[Case]]] = None) -> List[Case]:
+    """The cases of an experiment config, each with its split (validation, or the cross-validation fold).
+
+    ``reader``: read each source with it instead (a data pack's cases, ``training/pack.py``).
+    """
     d = cfg.data
-    return read_all(d.sources, d.validation_per_group, cfg.train.seed, d.folds, d.fold)
+    return read_all(d.sources, d.validation_per_group, cfg.train.seed, d.folds, d.fold, reader)
