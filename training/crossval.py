@@ -33,6 +33,19 @@ recipe. ``--final-only`` trains that model alone (e.g. on another machine). Each
 training time and device are added to ``OUT/stage_times.json`` (the device minutes of
 issue 20).
 
+Training elsewhere (issue 20: a GPU lent for minutes, without the datasets, SimpleITK or
+MONAI): ``--pack FILE`` trains from a data pack (``training/pack.py``; same patients per fold
+as from the sources), ``--parallel N`` trains up to N chains at once (each fold's stages in
+order, and the final model's) as subprocesses with their own logs in ``OUT/logs/``,
+``--train-only`` trains without exporting or evaluating, and ``--time-budget-min M`` gives
+each chain M minutes, shared by its stages in proportion to their patches (epochs x
+iterations x batch; each stage's ``train.time_limit_min`` becomes the smaller of its own and
+its share). ``archive -o OUT DEST`` then packs the chains' run folders (the last stage's
+``last.pt`` without its optimizer state, the configs, logs and ``stage_times.json``) into at
+most 8 files of at most 16 MiB, and ``restore DEST`` unpacks them into ``OUT`` on this
+machine, where the same ``run`` command (``OUT/cv_run.json`` records it) skips the
+finished training and evaluates and pools. ``training/gpu_cv.sh`` is the device call.
+
 ``compare`` pairs two pooled evaluations by patient and structure: mean of each, the mean
 difference (B - A) with a bootstrap 95% interval over patients, and how many patients each
 one wins. Both must have evaluated the same patients.
@@ -43,9 +56,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import subprocess
 import sys
+import time
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -130,12 +148,67 @@ def final_dir(out: Path) -> Path:
     return Path(out) / "final"
 
 
+@contextmanager
+def _locked(path: Path, wait_s: float = 30.0):
+    """Hold ``PATH.lock`` (made exclusively) while the body runs: the chains of a parallel run share files."""
+    lock = path.with_name(path.name + ".lock")
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            break
+        except FileExistsError:
+            if time.monotonic() > deadline:  # left by a killed process
+                log.warning("taking over the stale lock %s", lock)
+                break
+            time.sleep(0.05)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 def record_time(out: Path, key: str, seconds: float, device: str) -> None:
     """Add one stage's training time (minutes) and device to ``OUT/stage_times.json``."""
     path = Path(out) / "stage_times.json"
-    times = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    times[key] = {"minutes": round(seconds / 60, 2), "device": device}
-    path.write_text(json.dumps(times, indent=2) + "\n", encoding="utf-8")
+    with _locked(path):
+        times = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        times[key] = {"minutes": round(seconds / 60, 2), "device": device}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(times, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def stage_patches(cfg: ExperimentConfig) -> int:
+    """Patches a stage trains on when no time limit stops it first."""
+    t = cfg.train
+    return t.epochs * t.iterations_per_epoch * t.batch_size
+
+
+def with_budget(stages: Sequence[ExperimentConfig], budget_min: float) -> List[ExperimentConfig]:
+    """The stages of a chain sharing ``budget_min`` minutes of training in proportion to their patches.
+
+    Each stage's ``train.time_limit_min`` becomes the smaller of its own (if any) and its share;
+    ``budget_min`` <= 0 leaves the stages as they are.
+    """
+    if budget_min <= 0:
+        return list(stages)
+    total = sum(stage_patches(s) for s in stages)
+    out = []
+    for s in stages:
+        limit = round(budget_min * stage_patches(s) / total, 3)
+        if s.train.time_limit_min > 0:
+            limit = min(limit, s.train.time_limit_min)
+        out.append(replace(s, train=replace(s.train, time_limit_min=limit)))
+    return out
+
+
+def _pack_reader(pack: Optional[str]):
+    if not pack:
+        return None
+    from training.pack import open_pack
+
+    return open_pack(pack).reader
 
 
 def _device_name(cfg: ExperimentConfig) -> str:
@@ -149,10 +222,13 @@ def _device_name(cfg: ExperimentConfig) -> str:
     return str(device)
 
 
-def train_stages(stages: Sequence[ExperimentConfig], out: Path, where: str, train: bool = True) -> None:
-    """Train each stage unless finished (resuming a stopped one); a folder trained with another config is refused."""
-    import time
+def train_stages(
+    stages: Sequence[ExperimentConfig], out: Path, where: str, train: bool = True, pack: Optional[str] = None
+) -> None:
+    """Train each stage unless finished (resuming a stopped one); a folder trained with another config is refused.
 
+    ``pack``: train from this data pack (``training/pack.py``) instead of the sources.
+    """
     from training.trainer import run
 
     for cfg in stages:
@@ -168,34 +244,51 @@ def train_stages(stages: Sequence[ExperimentConfig], out: Path, where: str, trai
         if not train:
             raise FileNotFoundError(f"{where}: {run_dir} has not finished training (no summary.json)")
         t0 = time.monotonic()
-        run(cfg, resume=(run_dir / "last.pt").is_file())
+        run(cfg, resume=(run_dir / "last.pt").is_file(), pack=pack)
         record_time(out, f"{where}/{run_dir.name}", time.monotonic() - t0, _device_name(cfg))
 
 
-def run_final(configs: Sequence[str], overrides: Sequence[str], out: Path, train: bool = True) -> Path:
-    """Train the recipe on every labelled case (unless done) and export its last epoch; the package folder."""
-    from training.data.registry import config_cases
-    from training.export import export_run
+def run_final(
+    configs: Sequence[str],
+    overrides: Sequence[str],
+    out: Path,
+    train: bool = True,
+    pack: Optional[str] = None,
+    budget_min: float = 0.0,
+    export: bool = True,
+) -> Optional[Path]:
+    """Train the recipe on every labelled case (unless done) and export its last epoch; the package folder.
 
-    stages = final_configs(configs, overrides, out)
-    cases = [c for c in config_cases(stages[0]) if c.label]
+    ``export=False``: train only (None). ``pack``, ``budget_min``: as :func:`run_fold`'s.
+    """
+    from training.data.registry import config_cases
+
+    stages = with_budget(final_configs(configs, overrides, out), budget_min)
+    cases = [c for c in config_cases(stages[0], _pack_reader(pack)) if c.label]
     held = [c.case_id for c in cases if c.split != "train"]
     if held:
         raise ConfigError(f"the final model would not train on {len(held)} labelled cases ({', '.join(held[:5])})")
     log.info("final model: %d labelled cases, none held out", len(cases))
-    train_stages(stages, out, "final", train)
+    train_stages(stages, out, "final", train, pack)
+    if not export:
+        return None
+    from training.export import export_run
+
     return export_run(
         Path(stages[-1].output_dir), final_dir(out) / f"{recipe_name(configs, overrides)}.model", checkpoint="last.pt"
     ).path
 
 
-def check_same_split(stages: Sequence[ExperimentConfig]) -> List[str]:
-    """The fold's validation patients, the same in every stage (else the later stages would train on them)."""
+def check_same_split(stages: Sequence[ExperimentConfig], reader=None) -> List[str]:
+    """The fold's validation patients, the same in every stage (else the later stages would train on them).
+
+    ``reader``: read the sources with it (a data pack's, ``training.pack.Pack.reader``).
+    """
     from training.data.registry import config_cases
 
     splits = []
     for cfg in stages:
-        cases = config_cases(cfg)
+        cases = config_cases(cfg, reader)
         splits.append(sorted(c.case_id for c in cases if c.split == "validation" and c.label))
     for cfg, split in zip(stages[1:], splits[1:]):
         if split != splits[0]:
@@ -225,15 +318,24 @@ def run_fold(
     device: str = "auto",
     quality: str = "standard",
     train: bool = True,
-) -> Path:
-    """Train the recipe on one fold (unless done), export the last epoch, evaluate it; the evaluation folder."""
+    pack: Optional[str] = None,
+    budget_min: float = 0.0,
+    evaluate_fold: bool = True,
+) -> Optional[Path]:
+    """Train the recipe on one fold (unless done), export the last epoch, evaluate it; the evaluation folder.
+
+    ``pack``: train from this data pack; ``budget_min``: the chain's minutes (:func:`with_budget`);
+    ``evaluate_fold=False``: train only (None), no export and no evaluation (they need SimpleITK).
+    """
+    stages = with_budget(stage_configs(configs, overrides, out, folds, fold), budget_min)
+    held_out = check_same_split(stages, _pack_reader(pack))
+    log.info("fold %d of %d: %d held-out patients: %s", fold, folds, len(held_out), ", ".join(held_out))
+    train_stages(stages, out, f"fold{fold}", train, pack)
+    if not evaluate_fold:
+        return None
     from training.evaluate import cases_from_data, evaluate
     from training.export import export_run
 
-    stages = stage_configs(configs, overrides, out, folds, fold)
-    held_out = check_same_split(stages)
-    log.info("fold %d of %d: %d held-out patients: %s", fold, folds, len(held_out), ", ".join(held_out))
-    train_stages(stages, out, f"fold{fold}", train)
     last_run = Path(stages[-1].output_dir)
     recipe = recipe_name(configs, overrides)
     package = export_run(last_run, fold_dir(out, fold) / f"{recipe}.model", checkpoint="last.pt")
@@ -242,6 +344,133 @@ def run_fold(
     description = f"fold {fold} of {folds}, held out by {', '.join(str(c) for c in configs)}"
     evaluate(package, cases, eval_dir, device=device, quality=quality, description=description)
     return eval_dir
+
+
+class ChainFailed(RuntimeError):
+    """A chain of a parallel run failed (its log says why)."""
+
+
+def chain_jobs(args: argparse.Namespace, chosen: Sequence[int]) -> List[Tuple[str, List[str]]]:
+    """``(name, command line)`` of each chain of a parallel run: this script training that chain alone."""
+    base = [sys.executable, str(Path(__file__).resolve()), "run", "-o", str(args.output), "--folds", str(args.folds)]
+    base += ["--train-only", "--chain"]
+    for c in args.config:
+        base += ["--config", str(c)]
+    if args.pack:
+        base += ["--pack", str(args.pack)]
+    if args.time_budget_min:
+        base += ["--time-budget-min", repr(args.time_budget_min)]
+    jobs = [] if args.final_only else [(f"fold{f}", [*base, "--fold", str(f), *args.overrides]) for f in chosen]
+    if args.final or args.final_only:
+        jobs.append(("final", [*base, "--final-only", *args.overrides]))
+    return jobs
+
+
+def run_parallel(jobs: Sequence[Tuple[str, List[str]]], out: Path, parallel: int, poll_s: float = 1.0) -> None:
+    """Run the chains as subprocesses, up to ``parallel`` at once, each logging to ``OUT/logs/NAME.log``.
+
+    The others go on when one fails; then :class:`ChainFailed` names it with the end of its log.
+    Stopped (SIGTERM, Ctrl-C), it stops the chains (each keeps its ``last.pt`` of the last epoch).
+    """
+    import signal
+
+    logs = Path(out) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    waiting = list(jobs)
+    running: Dict[str, Tuple[Any, Any, float]] = {}
+    failed: List[str] = []
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        while waiting or running:
+            while waiting and len(running) < parallel:
+                name, cmd = waiting.pop(0)
+                f = open(logs / f"{name}.log", "a", encoding="utf-8")
+                log.info("%s: started, log %s", name, logs / f"{name}.log")
+                running[name] = (
+                    subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env),
+                    f,
+                    time.monotonic(),
+                )
+            time.sleep(poll_s)
+            for name, (proc, f, t0) in list(running.items()):
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                f.close()
+                del running[name]
+                minutes = (time.monotonic() - t0) / 60
+                if rc:
+                    failed.append(name)
+                    log.error(
+                        "%s: failed (exit code %d) after %.1f min; see %s", name, rc, minutes, logs / f"{name}.log"
+                    )
+                else:
+                    log.info("%s: trained in %.1f min", name, minutes)
+    finally:
+        for proc, _f, _t in running.values():
+            proc.terminate()
+        for proc, f, _ in running.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            f.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if failed:
+        ends = []
+        for name in failed:
+            tail = (logs / f"{name}.log").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
+            ends.append(f"{name}: " + " | ".join(tail))
+        raise ChainFailed(f"{len(failed)} chain(s) failed: " + "; ".join(ends))
+
+
+def evaluate_command(args: argparse.Namespace) -> List[str]:
+    """The ``run`` command that evaluates (here, on the CPU) what ``args`` trained: no pack, chains or --train-only."""
+    cmd = ["python", "training/crossval.py", "run", "-o", str(args.output), "--folds", str(args.folds)]
+    for c in args.config:
+        cmd += ["--config", str(c)]
+    for f in args.fold or []:
+        cmd += ["--fold", str(f)]
+    if args.final:
+        cmd.append("--final")
+    if args.final_only:
+        cmd.append("--final-only")
+    if args.time_budget_min:
+        cmd += ["--time-budget-min", repr(args.time_budget_min)]
+    return cmd + list(args.overrides)
+
+
+def write_run_record(args: argparse.Namespace) -> None:
+    """``OUT/cv_run.json``: this run's arguments, and the command that evaluates its training here."""
+    import shlex
+
+    record = {
+        "folds": args.folds,
+        "configs": [str(c) for c in args.config],
+        "overrides": list(args.overrides),
+        "fold": args.fold,
+        "final": args.final,
+        "final_only": args.final_only,
+        "time_budget_min": args.time_budget_min,
+        "pack": str(args.pack) if args.pack else None,
+        "parallel": args.parallel,
+        "train_only": args.train_only,
+        "evaluate": shlex.join(evaluate_command(args)),
+    }
+    path = Path(args.output) / "cv_run.json"
+    if path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("evaluate") == record["evaluate"]:
+        return  # the same run again (evaluating here what a device trained): keep how it was trained
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
 def recipe_name(configs: Sequence[str], overrides: Sequence[str]) -> str:
@@ -379,7 +608,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     r.add_argument("--eval-only", action="store_true", help="do not train: evaluate and pool finished folds")
     r.add_argument("--final", action="store_true", help="then train the recipe on every labelled case (OUT/final)")
     r.add_argument("--final-only", action="store_true", help="train only the final model, no folds")
+    r.add_argument("--pack", help="train from this data pack (training/pack.py) instead of the sources")
+    r.add_argument(
+        "--parallel", type=int, default=1, help="train up to N chains (folds, final) at once, as subprocesses"
+    )
+    r.add_argument("--train-only", action="store_true", help="train; no export, evaluation or pooling")
+    r.add_argument(
+        "--time-budget-min",
+        type=float,
+        default=0.0,
+        help="minutes of training per chain, shared by its stages in proportion to their patches",
+    )
+    r.add_argument("--chain", action="store_true", help=argparse.SUPPRESS)  # one chain of a parallel run
     r.add_argument("overrides", nargs="*", help="dotted overrides for every stage, e.g. train.epochs=5")
+    a = sub.add_parser("archive", help="pack a run's training results into at most 8 files of 16 MiB")
+    a.add_argument("-o", "--output", required=True, type=Path, help="the run's output folder (as given to run)")
+    a.add_argument("dest", type=Path, help="folder for the archive (e.g. a lent device's $OUT)")
+    a.add_argument("--max-files", type=int, default=8, help="at most this many files (default 8)")
+    s = sub.add_parser("restore", help="unpack an archive into the output folder it came from")
+    s.add_argument("src", type=Path, help="the folder holding cv-manifest.json and the archive files")
+    s.add_argument("--force", action="store_true", help="overwrite files already there")
     c = sub.add_parser("compare", help="two pooled evaluations side by side, paired by patient")
     c.add_argument("a", type=Path, help="evaluation folder A (per_case.csv), e.g. a cross-validation's output")
     c.add_argument("b", type=Path, help="evaluation folder B, over the same patients")
@@ -387,12 +635,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def restore_and_report(src: Path, force: bool) -> int:
+    """``restore``: unpack, say what each stage reached, and print the command that evaluates it here."""
+    from training.cv_archive import restore
+
+    out, manifest = restore(src, force)
+    for key, state in manifest["stages"].items():
+        status = "finished" if state["finished"] else "stopped part-way"
+        print(f"{key}: {status} after {state.get('epochs')} epochs, checkpoint {state.get('checkpoint', 'none')}")
+    record = out / "cv_run.json"
+    if record.is_file():
+        print("evaluate and pool here with:\n  " + json.loads(record.read_text(encoding="utf-8"))["evaluate"])
+    print(f"restored into {out}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    from UNetSegmentLib.io import ImageReadError
-    from UNetSegmentLib.model_package import ModelPackageError
+    errors: List[type] = [ConfigError, ValueError, OSError, ChainFailed]
+    try:
+        from UNetSegmentLib.io import ImageReadError
+        from UNetSegmentLib.model_package import ModelPackageError
 
+        errors += [ModelPackageError, ImageReadError]
+    except ImportError:  # no SimpleITK (training from a data pack): no image is read here
+        pass
     try:
         if args.command == "compare":
             result = compare(args.a, args.b)
@@ -403,13 +671,32 @@ def main(argv=None) -> int:
                 args.output.write_text(table, encoding="utf-8")
                 args.output.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
             return 0
+        if args.command == "archive":
+            from training.cv_archive import archive
+
+            for p in archive(args.output, args.dest, args.max_files):
+                print(f"{p} ({p.stat().st_size / 2**20:.1f} MiB)")
+            return 0
+        if args.command == "restore":
+            return restore_and_report(args.src, args.force)
         if args.folds < 2:
             raise ConfigError(f"--folds must be at least 2, not {args.folds}")
         chosen = args.fold if args.fold is not None else list(range(args.folds))
         bad = [f for f in chosen if not 0 <= f < args.folds]
         if bad:
             raise ConfigError(f"--fold {bad[0]} is not between 0 and {args.folds - 1}")
+        if args.train_only and args.eval_only:
+            raise ConfigError("--train-only and --eval-only exclude each other")
+        if not args.chain:
+            write_run_record(args)
         pooled = final = None
+        if args.parallel > 1 and not args.eval_only:
+            # the parent reads the sources once (synthetic cases are written before the chains start)
+            reader = _pack_reader(args.pack)
+            if not args.final_only:
+                for f in chosen:
+                    check_same_split(stage_configs(args.config, args.overrides, args.output, args.folds, f), reader)
+            run_parallel(chain_jobs(args, chosen), args.output, args.parallel)
         if not args.final_only:
             for f in chosen:
                 run_fold(
@@ -421,11 +708,23 @@ def main(argv=None) -> int:
                     args.device,
                     args.quality,
                     not args.eval_only,
+                    args.pack,
+                    args.time_budget_min,
+                    not args.train_only,
                 )
-            pooled = pool(args.output, args.folds, args.config, args.overrides)
+            if not args.train_only:
+                pooled = pool(args.output, args.folds, args.config, args.overrides)
         if args.final or args.final_only:
-            final = run_final(args.config, args.overrides, args.output, not args.eval_only)
-    except (ConfigError, ValueError, OSError, ModelPackageError, ImageReadError) as e:  # as evaluate.py: one line
+            final = run_final(
+                args.config,
+                args.overrides,
+                args.output,
+                not args.eval_only,
+                args.pack,
+                args.time_budget_min,
+                not args.train_only,
+            )
+    except tuple(errors) as e:  # as evaluate.py: one line
         print(f"crossval.py: {e}", file=sys.stderr)
         return 1
     if pooled is not None:
