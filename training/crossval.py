@@ -233,7 +233,7 @@ def train_stages(
 
     for cfg in stages:
         run_dir = Path(cfg.output_dir)
-        if (run_dir / "config.yaml").is_file() and _saved_config(run_dir) != cfg:
+        if (run_dir / "config.yaml").is_file() and not same_recipe(_saved_config(run_dir), cfg):
             raise ConfigError(
                 f"{run_dir} was trained with another config than this recipe's {cfg.name} now gives; "
                 "remove the folder or choose another --output"
@@ -299,6 +299,16 @@ def check_same_split(stages: Sequence[ExperimentConfig], reader=None) -> List[st
     if not splits[0]:
         raise ConfigError(f"fold {stages[0].data.fold} holds out no labelled patient")
     return splits[0]
+
+
+def same_recipe(a: ExperimentConfig, b: ExperimentConfig) -> bool:
+    """Equal configs, but for ``train.time_limit_min``: a resource limit (a device's budget, which a rerun
+    there may change); how far each stage got is in its log.csv and summary.json."""
+
+    def unlimited(c: ExperimentConfig) -> ExperimentConfig:
+        return replace(c, train=replace(c.train, time_limit_min=0.0))
+
+    return unlimited(a) == unlimited(b)
 
 
 def _saved_config(run_dir: Path) -> ExperimentConfig:
