@@ -102,6 +102,26 @@ def test_loss_is_small_for_right_and_large_for_wrong_logits():
     assert float(right) < 0.05 and float(wrong) > 1.0
 
 
+def test_dice_ce_is_monais_dice_ce_bit_for_bit():
+    """Training needs no MONAI: its Dice + cross-entropy is MONAI's DiceCELoss, value and gradient."""
+    from monai.losses import DiceCELoss
+
+    from training.losses import dice_ce
+
+    reference = DiceCELoss(to_onehot_y=True, softmax=True, batch=False)
+    g = torch.Generator().manual_seed(0)
+    for classes in (2, 3):
+        logits = torch.randn(3, classes, 4, 8, 8, generator=g) * 3
+        target = torch.randint(0, classes, (3, 1, 4, 8, 8), generator=g)
+        target[0] = 0  # a patch without foreground
+        a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+        want, got = reference(a, target), dice_ce(b, target)
+        want.backward()
+        got.backward()
+        assert got.item() == want.item() and torch.equal(a.grad, b.grad)
+        assert got.item() > 0.5  # random logits: far from a perfect score
+
+
 def test_gland_only_cases_do_not_care_how_the_gland_splits_into_zones():
     loss = PartialLabelDiceCE()
     zones = torch.from_numpy(_zonal_label()).long()[None, None]
