@@ -4,6 +4,9 @@
 
     python training/crossval.py run -o runs/cv --folds 4 --config A.yaml [--config B.yaml ...] [--final] [key=value ...]
     python training/crossval.py compare runs/cv/A runs/cv/B [-o comparison.md]
+    python training/crossval.py run ... --pack P --parallel 5 --train-only --time-budget-min M   # a lent GPU
+    python training/crossval.py archive -o runs/cv DEST        # then, back here:
+    python training/crossval.py restore DEST                   # prints the run command that evaluates
 
 ``run`` trains, for each fold, the recipe's stages in order: every stage after the first
 starts from the last epoch of the stage before it in the same fold (its ``train.init_from``
