@@ -276,3 +276,17 @@ def make_msd_download(root: Path) -> Path:
     """``Task05_Prostate.tar`` as unpacked: the folder that holds ``Task05_Prostate/``."""
     make_msd(root / "Task05_Prostate")
     return root
+
+
+def make_prostatex(root: Path, patients: Sequence[int] = (0, 1), unlabelled: Sequence[int] = (2,)) -> Path:
+    """ProstateX patients as ../shared/data keeps them: ``ProstateX-NNNN/t2w.nii.gz`` and ``labels/``
+    with a whole-gland AI reference (1 = gland) and a zonal one (1 = PZ, 2 = TZ)."""
+    for n in list(patients) + list(unlabelled):
+        image, label = small_case(300 + n)
+        folder = root / f"ProstateX-{n:04d}"
+        (folder / "labels").mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(image, str(folder / "t2w.nii.gz"))
+        if n in patients:
+            sitk.WriteImage(remap(label, {2: 1}), str(folder / "labels" / "wholegland_AI_Guerbet23.nii.gz"))
+            sitk.WriteImage(label, str(folder / "labels" / "zonal_pz1_tz2_AI_Yuan23.nii.gz"))
+    return root

@@ -106,6 +106,8 @@ def test_crossval_runs_the_recipe_per_fold_pools_and_compares(tmp_path, capsys):
     pooled = read_per_case(pooled_dir / "per_case.csv")
     assert sorted(r["case_id"] for r in pooled) == ["p0", "p1", "p2"]
     assert all(0.0 <= r["dice"] <= 1.0 for r in pooled)
+    report = (pooled_dir / "crossval.md").read_text(encoding="utf-8")
+    assert "## Targets" in report and "### Per centre" in report and "nnU-Net" in report
 
     # run again: nothing is retrained (finished stages are kept), the evaluation is the same
     stamp = (out / "fold0" / "second" / "last.pt").stat().st_mtime_ns
@@ -221,3 +223,46 @@ def test_the_default_model_recipe_final_model_trains_on_all_36_patients(shared_d
     for cfg in stages:
         cases = [c for c in config_cases(cfg) if c.label and c.source == "promise12"]
         assert sorted(c.case_id for c in cases) == promise12 and {c.split for c in cases} == {"train"}
+
+
+def _row(case_id, dice, source="promise12", group="UCL", label="", **kw):
+    row = {"case_id": case_id, "group": group, "source": source, "structure": "prostate", "dice": dice}
+    row.update({"hd95_mm": 3.0, "asd_mm": 1.0, "volume_pred_ml": 40.0, "volume_ref_ml": 40.0})
+    row.update({"volume_diff_ml": 0.0, "volume_diff_pct": 0.0, "components": 1, "ref_slices": 10})
+    row.update({"slices_missed": 0, "seconds": 1.0, "image": f"/d/{case_id}.nii.gz", "label": label})
+    row.update(kw)
+    return row
+
+
+def test_targets_and_the_report_per_centre(tmp_path):
+    from training.crossval import targets, write_report
+    from training.evaluate import summarize, write_per_case
+
+    rows = [
+        _row("Case00", 0.93, group="BIDMC"),
+        _row("Case01", 0.91),
+        _row("Case13", 0.79, group="RUNMC", components=2),
+        _row("ProstateX-0000", 0.86, "prostatex", "ProstateX", "/p/labels/wholegland_AI_Guerbet23.nii.gz"),
+    ]
+    got = {t["target"]: t for t in targets(rows)}
+    mean = got["PROMISE12 mean Dice (3 patients)"]
+    assert mean["value"] == pytest.approx((0.93 + 0.91 + 0.79) / 3) and not mean["met"]
+    assert not got["PROMISE12 lowest patient (Case13)"]["met"]
+    assert got["ProstateX-0000 vs Guerbet23"]["met"] and got["ProstateX-0000 vs Guerbet23"]["value"] == 0.86
+    assert got["one connected component: every patient"]["failing"] == ["Case13"]
+    assert got["every labelled slice found: every patient"]["met"]
+    rows[2] = _row("Case13", 0.95, group="RUNMC")
+    got = {t["target"]: t for t in targets(rows)}
+    assert all(t["met"] for t in got.values())
+
+    pooled = tmp_path / "recipe"
+    pooled.mkdir()
+    write_per_case(rows, pooled / "per_case.csv")
+    summary = summarize(rows)
+    summary["crossval"] = {"folds": 2, "recipe": ["a.yaml"], "overrides": []}
+    summary["targets"] = targets(rows)
+    text = write_report(pooled, summary).read_text(encoding="utf-8")
+    assert "| PROMISE12 mean Dice (3 patients) | 0.930 | >= 0.89 | yes |" in text
+    assert "| recipe | prostate | prostatex/ProstateX | 1 | 0.860" in text
+    assert "| recipe | prostate | promise12/RUNMC | 1 | 0.950" in text
+    assert "PI-CAI gland model" in text and "same dataset, other cases" in text

@@ -290,3 +290,40 @@ def test_prostatex_dicom_geometry_and_zone_rule(shared_data):
         check = check_zone_labels(label)  # the files say 1 = PZ, 2 = TZ: anatomy agrees
         assert check.decision == "anatomy" and check.label_map == {1: PZ, 2: TZ}
         assert check.pz_posterior_mm > 3.0
+
+
+def test_prostatex_layout_references_and_registry(tmp_path):
+    from Testing.fixtures_datasets import make_prostatex
+    from training.data.detect import detect_format
+    from training.data.prostatex import read_prostatex
+
+    root = make_prostatex(tmp_path / "prostatex")
+    assert detect_format(str(root)).format == "prostatex"
+    assert detect_format(str(root / "ProstateX-0000")).format == "prostatex"
+    cases = {c.case_id: c for c in read_prostatex(str(root))}
+    assert sorted(cases) == ["ProstateX-0000", "ProstateX-0001", "ProstateX-0002"]
+    gland = cases["ProstateX-0000"]
+    assert gland.label.endswith("wholegland_AI_Guerbet23.nii.gz") and gland.label_map == {1: "prostate"}
+    assert gland.group == "ProstateX" and gland.source == "prostatex" and gland.split == "train"
+    assert cases["ProstateX-0002"].label is None and cases["ProstateX-0002"].split == "test"
+    zonal = read_source(DatasetSource(format="prostatex", path=str(root), reference="zonal_pz1_tz2_AI_Yuan23"))
+    assert zonal[0].label_map == {1: PZ, 2: TZ} and zonal[0].label.endswith("Yuan23.nii.gz")
+    # the whole-gland reference is the union of the zonal one's two zones
+    wg = sitk.GetArrayFromImage(sitk.ReadImage(gland.label))
+    zones = sitk.GetArrayFromImage(sitk.ReadImage(zonal[0].label))
+    assert wg.sum() > 0 and np.array_equal(wg == 1, zones > 0)
+    with pytest.raises(ValueError, match="no reference label 'wholegland_AI_Bosma22b'.*Guerbet23"):
+        read_prostatex(str(root), "wholegland_AI_Bosma22b")
+    with pytest.raises(ValueError, match="no ProstateX patient folders"):
+        read_prostatex(str(tmp_path))
+
+
+@pytest.mark.shared_data
+def test_prostatex_shared_data_default_reference(shared_data):
+    from training.data.prostatex import read_prostatex
+
+    (case,) = read_prostatex(str(shared_data / "prostatex"))
+    assert case.case_id == "ProstateX-0000" and case.label_map == {1: "prostate"}
+    assert case.label.endswith("wholegland_AI_Guerbet23.nii.gz")  # before Bosma22b, though later by name
+    (b,) = read_prostatex(str(shared_data / "prostatex" / "ProstateX-0000"), "wholegland_AI_Bosma22b")
+    assert b.label.endswith("wholegland_AI_Bosma22b.nii.gz")

@@ -251,6 +251,37 @@ def _results_table(evals: Sequence[EvalSet]) -> List[str]:
     return lines
 
 
+def per_group(e: EvalSet, structure: str) -> List[Tuple[str, List[Dict[str, Any]]]]:
+    """``[(centre, rows)]`` of one structure, centres in first-seen order; ``source/group`` names them."""
+    groups: Dict[str, List[Dict[str, Any]]] = {}
+    for r in e.rows:
+        if r["structure"] == structure:
+            name = "/".join(str(v) for v in (r.get("source"), r.get("group")) if v) or "(no centre recorded)"
+            groups.setdefault(name, []).append(r)
+    return list(groups.items())
+
+
+def _per_group_section(evals: Sequence[EvalSet]) -> List[str]:
+    lines = [
+        "### Per centre",
+        "",
+        "| evaluation | structure | centre | n | Dice mean ± sd (median) | lowest Dice (case) | HD95 mm | abs. volume diff % |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for e in evals:
+        for s in e.structures:
+            for name, rs in per_group(e, s):
+                finite = [r for r in rs if math.isfinite(r["dice"])]
+                low = min(finite, key=lambda r: r["dice"]) if finite else None
+                low_s = f"{low['dice']:.3f} ({low['case_id']})" if low else "–"
+                abs_pct = describe([abs(r["volume_diff_pct"]) for r in rs])["mean"]
+                lines.append(
+                    f"| {e.name} | {s} | {name} | {len(rs)} | {_stat(rs, 'dice', 3)} | {low_s} | "
+                    f"{_stat(rs, 'hd95_mm', 1)} | {_fmt(abs_pct, 1)} |"
+                )
+    return lines
+
+
 def plausibility(e: EvalSet) -> Dict[str, Dict[str, Any]]:
     """Anatomical checks of each whole-gland structure (``prostate`` or ``gland``) of one evaluation.
 
@@ -443,6 +474,8 @@ def write_report(
         *_results_table(evals),
         "",
         "Values: mean ± sample standard deviation (median) over cases.",
+        "",
+        *_per_group_section(evals),
         "",
         *_plausibility_section(evals),
         "",

@@ -1,7 +1,8 @@
 """Experiment configs: commented YAML parsed into frozen dataclasses.
 
 Unknown or misspelt keys are errors, never silently ignored. Command-line
-overrides use dotted keys: ``train.epochs=5 data.cache_dir=/tmp/c``.
+overrides use dotted keys: ``train.epochs=5 data.cache_dir=/tmp/c``; the index one past a
+list's end appends: ``data.sources.2={format: prostatex, path: ../shared/data/prostatex}``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DatasetSource:
-    """One dataset to read. ``format``: nci_isbi | msd | promise12 | pairs | synthetic."""
+    """One dataset to read. ``format``: nci_isbi | msd | promise12 | prostatex | pairs | synthetic."""
 
     format: str
     path: str = ""
@@ -52,6 +53,13 @@ class DatasetSource:
     seed: int = 0
     #: false: every case of this source trains (none is held out for validation)
     use_for_validation: bool = True
+    #: how often training draws a patch from each case of this source, relative to a case of
+    #: weight 1 (e.g. 3: one 3 T case counts as three); 0: never trained on, but still dealt to a
+    #: cross-validation fold and scored there (a recipe without it stays paired with one with it)
+    weight: float = 1.0
+    #: for ``prostatex``: which reference label of each patient (a file stem under ``labels/``,
+    #: e.g. ``wholegland_AI_Guerbet23``); empty = the first whole-gland reference found
+    reference: str = ""
 
 
 @dataclass(frozen=True)
@@ -227,9 +235,12 @@ def _apply_override(d: Dict[str, Any], override: str) -> None:
     for i, p in enumerate(parts):
         last = i == len(parts) - 1
         if isinstance(node, list):
-            if not p.isdigit() or int(p) >= len(node):
+            # the index one past the end appends (data.sources.2={format: prostatex, ...})
+            if not p.isdigit() or int(p) > len(node) or (int(p) == len(node) and not last):
                 raise ConfigError(f"override {override!r}: {p} is not an index of that list")
-            if last:
+            if last and int(p) == len(node):
+                node.append(value)
+            elif last:
                 node[int(p)] = value
             else:
                 node = node[int(p)]
@@ -290,6 +301,11 @@ def _validate(cfg: ExperimentConfig) -> None:
     if not m.structures:
         raise ConfigError("model.structures must name at least one structure")
     d = cfg.data
+    bad = [i for i, s in enumerate(d.sources) if not s.weight >= 0]
+    if bad:
+        raise ConfigError(f"data.sources.{bad[0]}.weight must be 0 or more, not {d.sources[bad[0]].weight}")
+    if d.sources and sum(s.weight for s in d.sources) <= 0:
+        raise ConfigError("data.sources: every source has weight 0; nothing would train")
     if d.folds == 1 or d.folds < 0:
         raise ConfigError(f"data.folds must be 0 (no cross-validation) or at least 2, not {d.folds}")
     if not 0 <= d.fold < max(d.folds, 1):

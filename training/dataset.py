@@ -72,7 +72,8 @@ def targets_for(label_zyx: np.ndarray, label_map: Dict[int, str], structures: Se
 
 
 def _cache_key(case: Case, spec: PreprocessingSpec, structures: Sequence[str]) -> str:
-    parts = {"spec": spec.to_dict(), "structures": list(structures), "case": case.__dict__}
+    facts = {k: v for k, v in case.__dict__.items() if k != "weight"}  # sampling, not preprocessing
+    parts = {"spec": spec.to_dict(), "structures": list(structures), "case": facts}
     for p in (case.image, case.label):
         if p and os.path.exists(p):
             st = os.stat(p)
@@ -178,6 +179,11 @@ class PatchSampler(torch.utils.data.IterableDataset):
         self.augment = augment
         self.seed = seed
         self._fg_index = [np.argwhere(v.target > 0) for v in volumes]
+        w = np.array([getattr(v.case, "weight", 1.0) for v in volumes], dtype=float)
+        if not w.sum() > 0:
+            raise ValueError("every training case has weight 0: there is nothing to draw patches from")
+        # None: equal weights draw as before (the same patches for a seed as without weights)
+        self._p = None if np.all(w == w[0]) else w / w.sum()
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor, bool]]:
         info = torch.utils.data.get_worker_info()
@@ -194,7 +200,11 @@ class PatchSampler(torch.utils.data.IterableDataset):
         )
         centre_g = torch.Generator().manual_seed(int(rng.integers(2**31)))
         while True:
-            i = int(rng.integers(len(self.volumes)))
+            i = (
+                int(rng.integers(len(self.volumes)))
+                if self._p is None
+                else int(rng.choice(len(self.volumes), p=self._p))
+            )
             v = self.volumes[i]
             fg = self._fg_index[i]
             if len(fg) and rng.random() < self.fg:

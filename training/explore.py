@@ -47,7 +47,7 @@ from UNetSegmentLib.labels import STRUCTURES, structure  # noqa: E402
 
 log = logging.getLogger("explore")
 
-FORMATS = ("promise12", "nci_isbi", "msd", "pairs", "synthetic", "image")
+FORMATS = ("promise12", "prostatex", "nci_isbi", "msd", "pairs", "synthetic", "image")
 PERCENTILES = (1, 5, 50, 95, 99)
 #: the whole gland: union of every labelled structure
 GLAND = "gland"

@@ -52,14 +52,15 @@ from training.data import Case  # noqa: E402
 FORMAT = "unetsegment-data-pack"
 VERSION = 1
 INDEX = "index.json"
-#: the fields of a source that decide which cases its reader returns (not how they are split or weighed)
-READER_FIELDS = ("format", "path", "image_suffix", "label_suffix", "label_map", "num_cases", "seed")
+#: the fields of a source that decide how its cases are split or weighed, not which cases its reader
+#: returns: a pack serves sources that differ in these only (any other field, also one added later, counts)
+SPLIT_FIELDS = ("validation", "use_for_validation", "weight")
 DEFAULT_BITS = 10
 
 
 def source_key(src: DatasetSource) -> str:
     """A source's reader settings as canonical JSON: two sources with the same key read the same cases."""
-    d = {f: getattr(src, f) for f in READER_FIELDS}
+    d = {k: v for k, v in dataclasses.asdict(src).items() if k not in SPLIT_FIELDS}
     d["label_map"] = {str(k): v for k, v in sorted(d["label_map"].items())}
     return json.dumps(d, sort_keys=True)
 

@@ -64,6 +64,15 @@ ADAMS_2022 = (
     "MONAI Model Zoo bundle prostate_mri_anatomy (Adams L.C., Bressem K.K.), docs/README.md, rater 1; "
     "Adams L.C. et al. Prostate158. Computers in Biology and Medicine 148:105817, 2022"
 )
+ISENSEE_2021 = (
+    "Isensee F., Jaeger P.F., Kohl S.A.A., Petersen J., Maier-Hein K.H. nnU-Net: a self-configuring method for "
+    "deep learning-based biomedical image segmentation. Nature Methods 18:203-211, 2021 (PROMISE12 test set; "
+    "the figure as quoted in the project's issue 20, not re-checked here)"
+)
+PICAI_GLAND = (
+    "PI-CAI whole-gland segmentation model (Bosma J.S. et al., picai_labels 'Bosma22b'; Saha A. et al. "
+    "Lancet Oncology 2024): 5-fold cross-validation over 438 cases, as quoted in the project's issue 20"
+)
 TAPS = "lavlab-taps 1.1.2 (PyPI, CPU) run on ProstateX-0000, as recorded in ../shared/data/README.md ('Known values')"
 SEED = (
     "the seed project UNetSegment grew from (its reported result, as given in the project brief; not re-measured here)"
@@ -101,6 +110,29 @@ PUBLISHED: Tuple[PublishedResult, ...] = (
         "submissions itself; our PROMISE12 figures are on held-out training cases.",
         hd_mm=5.935,
         same_source="promise12",
+    ),
+    PublishedResult(
+        "nnU-Net (Isensee et al. 2021)",
+        "PROMISE12 test set (30 hidden cases)",
+        "prostate",
+        "dice",
+        0.919,
+        ISENSEE_2021,
+        "Same challenge and centres, different cases (see above); the best published whole-gland result on "
+        "PROMISE12 that we know of.",
+        same_source="promise12",
+    ),
+    PublishedResult(
+        "PI-CAI gland model (nnU-Net, Bosma22b)",
+        "PI-CAI public training set, 438 cases, 5-fold cross-validation (3 T and 1.5 T, several Dutch and "
+        "Norwegian centres)",
+        "prostate",
+        "dice",
+        0.897,
+        PICAI_GLAND,
+        "Different data and its own cross-validation; ProstateX patients are part of PI-CAI, so it is the "
+        "closest published figure to our ProstateX check.",
+        same_source="prostatex",
     ),
     PublishedResult(
         "V-Net (Milletari et al. 2016), Dice loss",

@@ -20,6 +20,8 @@ class Case:
     values not listed are background. ``group`` is the centre or scanner, used
     to stratify validation. ``split`` is train, validation or test.
     ``channel`` selects one component of a multi-channel (4D) image.
+    ``weight`` scales how often training draws its patches (the source's ``weight``):
+    0 keeps a case out of training while cross-validation still scores it.
     """
 
     case_id: str
@@ -30,3 +32,4 @@ class Case:
     split: str = "train"
     source: str = ""
     channel: Optional[int] = None
+    weight: float = 1.0

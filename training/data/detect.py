@@ -1,4 +1,4 @@
-"""Which dataset a folder holds, from its layout as distributed: PROMISE12, MSD Task05, NCI-ISBI (TCIA) or pairs.
+"""Which dataset a folder holds, from its layout as distributed: PROMISE12, MSD Task05, NCI-ISBI (TCIA), ProstateX or pairs.
 
 :func:`detect_format` looks (not deeper than the layouts need) for
 
@@ -7,6 +7,7 @@
   or ``CaseNN_image`` / ``CaseNN_label`` pairs;
 - NCI-ISBI: ``Training`` / ``Leaderboard`` / ``Test`` folders of ``<patient>.nrrd``
   labels, or ``Prostate3T-*`` / ``ProstateDx-*`` patient folders (TCIA);
+- ProstateX (as ../shared/data keeps it): patient folders with ``t2w.nii.gz`` and ``labels/``;
 - pairs: ``*_image.<ext>`` with ``*_label.<ext>``;
 - image: one image file, or a folder of DICOM files.
 
@@ -74,6 +75,11 @@ def detect_format(path: str) -> Detected:
         return Detected("promise12", f"PROMISE12 challenge layout: {n} CaseNN.mhd images")
     if any(_CASE_PAIR.match(f) for f in files):
         return Detected("promise12", "PROMISE12 cases as CaseNN_image / CaseNN_label pairs")
+    from .prostatex import _image
+
+    with_t2 = [root] if _image(root) else [p for p in sorted(root.iterdir()) if p.is_dir() and _image(p)]
+    if with_t2 and any((p / "labels").is_dir() for p in with_t2):
+        return Detected("prostatex", f"ProstateX patients with PI-CAI reference labels: {len(with_t2)} t2w images")
     below = _children(root)
     labels = [p for p in below if p.is_file() and LABEL_RE.match(p.name) and SPLIT_RE.search(p.parent.name.lower())]
     patients = [p for p in below if p.is_dir() and PATIENT_RE.match(p.name)]
@@ -90,5 +96,5 @@ def detect_format(path: str) -> Detected:
     raise ValueError(
         f"cannot tell the dataset format of {path}: no dataset.json/imagesTr (MSD), TrainingData_Part*/TestData or "
         "CaseNN.mhd (PROMISE12), Training/Leaderboard/Test label folders or Prostate3T/ProstateDx patients (NCI-ISBI), "
-        "or *_image files (pairs); give --format"
+        "t2w + labels/ patient folders (ProstateX), or *_image files (pairs); give --format"
     )

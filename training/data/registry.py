@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 from ..config import DatasetSource, ExperimentConfig
 from . import Case
 
-FORMATS = ("nci_isbi", "msd", "promise12", "pairs", "synthetic")
+FORMATS = ("nci_isbi", "msd", "promise12", "prostatex", "pairs", "synthetic")
 
 
 def read_source(src: DatasetSource) -> List[Case]:
@@ -19,6 +19,10 @@ def read_source(src: DatasetSource) -> List[Case]:
         from .promise12 import read_promise12
 
         return read_promise12(src.path)
+    if src.format == "prostatex":
+        from .prostatex import read_prostatex
+
+        return read_prostatex(src.path, src.reference)
     if src.format == "pairs":
         from .pairs import read_pairs
 
@@ -111,6 +115,8 @@ def read_all(
     foldable: Set[str] = set()
     for src in sources:
         cases = (reader or read_source)(src)
+        if src.weight != 1.0:
+            cases = [replace(c, weight=float(src.weight)) for c in cases]
         if not src.use_for_validation:
             cases = [replace(c, split="train") if c.split == "validation" else c for c in cases]
         elif folds:
