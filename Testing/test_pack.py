@@ -106,6 +106,7 @@ def test_pack_refuses_configs_it_was_not_made_for(tmp_path):
     pack = Pack(tmp_path / "data.pack")
     pack.check(cfg)
     pack.check(load_config(_config(tmp_path), ["data.folds=2", "train.epochs=9"]))  # splits and training: any
+    pack.check(load_config(_config(tmp_path), ["data.sources.0.weight=0", "data.sources.1.use_for_validation=true"]))
     with pytest.raises(ConfigError, match="other preprocessing"):
         pack.check(load_config(_config(tmp_path), ["model.spacing_xyz_mm=[2, 2, 3]"]))
     with pytest.raises(ValueError, match="does not hold the synthetic source"):
@@ -128,6 +129,8 @@ def test_the_folds_and_splits_from_a_pack_are_those_from_the_sources(tmp_path):
         assert from_pack == from_sources
         held.append(sorted(c.case_id for c in from_pack if c.split == "validation"))
     assert sorted(sum(held, [])) == ["p0", "p1", "p2", "p3"]  # the synthetic source stays in training
+    cfg = load_config(cfg_path, ["data.folds=3", "data.fold=1", "data.sources.0.weight=0"])  # scored, never trained
+    assert config_cases(cfg, pack.reader) == config_cases(cfg) and {c.weight for c in config_cases(cfg)} == {0.0, 1.0}
     cfg = load_config(cfg_path, ["data.validation_per_group=1"])  # no folds: validation per centre
     assert config_cases(cfg, pack.reader) == config_cases(cfg)
     assert any(c.split == "validation" for c in config_cases(cfg, pack.reader))
@@ -135,7 +138,7 @@ def test_the_folds_and_splits_from_a_pack_are_those_from_the_sources(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.shared_data
-def test_the_default_recipe_folds_from_its_pack_are_those_from_promise12(shared_data, tmp_path):
+def test_the_issue20_recipe_folds_from_its_pack_are_those_from_the_sources(shared_data, tmp_path):
     from training.crossval import check_same_split, stage_configs
     from training.pack import open_pack
 
@@ -144,14 +147,19 @@ def test_the_default_recipe_folds_from_its_pack_are_those_from_promise12(shared_
         for name in ("default_wholegland", "default_wholegland_finetune", "default_wholegland_presence_onesided")
     ]
     overrides = [f"data.sources.0.path={shared_data / 'promise12'}", f"data.sources.1.path={tmp_path / 'synthetic'}"]
+    overrides.append(f"data.sources.2={{format: prostatex, path: {shared_data / 'prostatex'}, weight: 0}}")  # B0
     cfgs = [load_config(c, overrides) for c in configs]
     index = write_pack(tmp_path / "p.pack", cfgs, tmp_path / "cache", log=lambda *_: None)
-    assert len(index["volumes"]) == 44 and index["bytes"] < 48 * 2**20  # 36 PROMISE12 + 8 synthetic, fits
+    # 36 PROMISE12 + 8 synthetic + ProstateX-0000, beside the repository's ~13 MiB within the device's 64 MiB
+    assert len(index["volumes"]) == 45 and index["bytes"] < 46 * 2**20
     reader = open_pack(tmp_path / "p.pack").reader
+    held = []
     for fold in range(4):
         stages = stage_configs(configs, overrides, tmp_path / "cv", 4, fold)
         assert check_same_split(stages, reader) == check_same_split(stages)
         assert config_cases(stages[0], reader) == config_cases(stages[0])
+        held.append(check_same_split(stages, reader))
+    assert len(sum(held, [])) == 37 and "ProstateX-0000" in sum(held, [])  # every patient scored once
 
 
 def test_training_from_a_pack_needs_neither_simpleitk_nor_monai(tmp_path):
