@@ -298,6 +298,28 @@ def test_archive_round_trip(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="damaged"):
         restore(tmp_path / "device_out", force=True)
 
+    # too big for what comes back (a base-16 network): the weights alone, then rounded to float16
+    shutil.rmtree(out)
+    shutil.move("elsewhere", str(out))
+    torch.save(
+        {**torch.load(out / "final" / "a" / "last.pt", weights_only=False), "model": {"w": weights_f32()}},
+        out / "final" / "a" / "last.pt",
+    )
+    archive(out, tmp_path / "small", max_files=7, max_mib=0.3, max_total_mib=3.0)
+    stages = json.loads((tmp_path / "small" / MANIFEST).read_text(encoding="utf-8"))["stages"]
+    assert stages["fold3/b"]["checkpoint"] == stages["final/a"]["checkpoint"] == "weights (float16)"
+    shutil.rmtree(out)
+    restore(tmp_path / "small")
+    final = torch.load(out / "final" / "a" / "last.pt", weights_only=False)["model"]["w"]
+    assert final.dtype == torch.float32 and torch.equal(final, weights_f32().half().float())
+    assert not torch.equal(final, weights_f32())  # rounded: the manifest says so
+    with pytest.raises(ValueError, match="do not fit"):
+        archive(out, tmp_path / "tiny", max_files=7, max_mib=0.1)
+
+
+def weights_f32() -> torch.Tensor:
+    return torch.randn(300, 300, generator=torch.Generator().manual_seed(0))
+
 
 @pytest.mark.slow
 def test_parallel_training_from_a_pack_then_evaluation_here_without_retraining(tmp_path, monkeypatch, capsys):

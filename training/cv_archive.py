@@ -5,7 +5,10 @@ A lent device returns at most 8 files of at most 16 MiB. ``archive`` writes, fro
 ``final``) holding its stages' run folders (config, split, logs, summary, ``pack.json``)
 and the ``last.pt`` of its latest stage: without the optimizer state and random-number
 state once that stage has finished (evaluation and export need only the weights), whole
-when it stopped part-way (then training can resume from it). ``cv-meta.tar.gz`` holds
+when it stopped part-way (then training can resume from it). Where that is more than comes
+back (64 MiB together), the weights alone travel, and then, if need be, rounded to float16
+(a base-16 network: 18 MiB of float32 per model); ``restore`` makes them float32 again, and
+the manifest says which (``checkpoint``: resumable, weights, weights (float16)). ``cv-meta.tar.gz`` holds
 ``stage_times.json``, ``cv_run.json`` and ``logs/``, and ``cv-manifest.json`` each file's
 sha256 and each stage's state. ``restore`` checks the files and unpacks them into the
 output folder they came from (the run folders' configs name it), so that ``crossval.py run``
@@ -29,6 +32,7 @@ RUN_FILES = ("config.yaml", "summary.json", "split.csv", "log.csv", "versions.js
 META_FILES = ("stage_times.json", "cv_run.json")
 MAX_FILES = 8
 MAX_MIB = 16.0
+MAX_TOTAL_MIB = 64.0
 
 
 def _sha256(path: Path) -> str:
@@ -56,15 +60,39 @@ def latest_checkpoint(chain: Path) -> Optional[Path]:
     return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
 
-def slim_checkpoint(src: Path, dst: Path) -> None:
-    """``src`` without its optimizer and random-number states: the weights, epoch, scores and config."""
+#: how a chain's latest checkpoint travels, from the most faithful to the smallest
+WHOLE, WEIGHTS, WEIGHTS_F16 = "resumable", "weights", "weights (float16)"
+
+
+def _tensor_bytes(obj: Any) -> int:
     import torch
 
-    state = torch.load(src, map_location="cpu", weights_only=False)
-    for key in ("optimizer", "rng"):
-        state.pop(key, None)
-    state["slim"] = True  # training cannot resume from it (crossval.py never resumes a finished stage)
-    torch.save(state, dst)
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def slim_state(state: Dict[str, Any], float16: bool = False) -> Dict[str, Any]:
+    """A checkpoint without its optimizer and random-number states (the weights, epoch, scores and config);
+    ``float16``: its float32 weights rounded to float16 (where they fit), half the bytes."""
+    import torch
+
+    slim = {k: v for k, v in state.items() if k not in ("optimizer", "rng")}
+    slim["slim"] = True  # training cannot resume from it
+    if float16:
+        fits = {
+            k: v.dtype == torch.float32
+            and (v.numel() == 0 or float(v.abs().max()) < 6.5e4)
+            and bool(v.isfinite().all())
+            for k, v in state["model"].items()
+        }
+        slim["model"] = {k: v.half() if fits[k] else v for k, v in state["model"].items()}
+        slim["weights_float16"] = sorted(k for k, f in fits.items() if f)
+    return slim
 
 
 def stage_state(run_dir: Path) -> Dict[str, Any]:
@@ -78,14 +106,58 @@ def stage_state(run_dir: Path) -> Dict[str, Any]:
     return state
 
 
-def archive(out: Path, dest: Path, max_files: int = MAX_FILES, max_mib: float = MAX_MIB) -> List[Path]:
-    """Write the archive of ``out`` into ``dest`` (at most ``max_files`` files of ``max_mib``); the files written."""
+def _plan(found: List[Path], groups: List[List[Path]], max_mib: float, max_total_mib: float):
+    """How each chain's latest checkpoint travels: ``{chain: (path, mode, state)}``, the most faithful that fits.
+
+    First a finished stage's weights (float32) and a stopped stage's whole checkpoint (resumable);
+    then weights alone everywhere; then weights rounded to float16 (a base-16 network's five
+    models are 91 MiB in float32, over the 64 MiB that come back).
+    """
+    import torch
+
+    loaded = {}
+    for chain in found:
+        ckpt = latest_checkpoint(chain)
+        if ckpt is not None:
+            loaded[chain] = (ckpt, torch.load(ckpt, map_location="cpu", weights_only=False))
+
+    def small(chain: Path) -> int:
+        return sum((d / f).stat().st_size for d in stage_dirs(chain) for f in RUN_FILES if (d / f).is_file())
+
+    for level in range(3):
+        plan, size = {}, {}
+        for chain in found:
+            size[chain] = small(chain) + 64 * 1024
+            if chain not in loaded:
+                continue
+            ckpt, state = loaded[chain]
+            finished = (ckpt.parent / "summary.json").is_file()
+            mode = WHOLE if level == 0 and not finished else WEIGHTS if level < 2 else WEIGHTS_F16
+            plan[chain] = (ckpt, mode, state)
+            size[chain] += ckpt.stat().st_size if mode == WHOLE else _tensor_bytes(slim_state(state, level == 2))
+        per_file = max(sum(size[c] for c in g) for g in groups)
+        if per_file <= max_mib * 2**20 and sum(size.values()) <= (max_total_mib - 1) * 2**20:
+            return plan
+    raise ValueError(
+        f"the chains' weights do not fit in files of {max_mib:g} MiB, {max_total_mib:g} MiB together, "
+        "even as float16: archive fewer chains (crossval.py run --fold) or ask for more room"
+    )
+
+
+def archive(
+    out: Path, dest: Path, max_files: int = MAX_FILES, max_mib: float = MAX_MIB, max_total_mib: float = MAX_TOTAL_MIB
+) -> List[Path]:
+    """Write the archive of ``out`` into ``dest`` (at most ``max_files`` files of ``max_mib``, ``max_total_mib``
+    together); the files written."""
+    import torch
+
     out, dest = Path(out), Path(dest)
     found = chains(out)
     if not found:
         raise FileNotFoundError(f"{out} holds no trained stage (foldN/STAGE or final/STAGE with config.yaml)")
     slots = max_files - 2  # the meta archive and the manifest
     groups = [found[i::slots] for i in range(min(slots, len(found)))]
+    plan = _plan(found, groups, max_mib, max_total_mib)
     dest.mkdir(parents=True, exist_ok=True)
     manifest: Dict[str, Any] = {"output": str(out), "files": {}, "stages": {}}
     written: List[Path] = []
@@ -94,24 +166,23 @@ def archive(out: Path, dest: Path, max_files: int = MAX_FILES, max_mib: float = 
             name = "cv-" + "_".join(c.name for c in group) + ".tar.gz"
             with tarfile.open(dest / name, "w:gz", compresslevel=6) as tar:
                 for chain in group:
-                    ckpt = latest_checkpoint(chain)
                     for run_dir in stage_dirs(chain):
                         key = f"{chain.name}/{run_dir.name}"
                         manifest["stages"][key] = stage_state(run_dir)
                         for f in RUN_FILES:
                             if (run_dir / f).is_file():
                                 tar.add(run_dir / f, arcname=f"{key}/{f}")
-                        if ckpt is not None and ckpt.parent == run_dir:
-                            if manifest["stages"][key]["finished"]:
-                                slim = Path(tmp) / f"{chain.name}-{run_dir.name}.pt"
-                                slim_checkpoint(ckpt, slim)
-                                os.utime(slim, ns=(ckpt.stat().st_atime_ns, ckpt.stat().st_mtime_ns))
-                                tar.add(slim, arcname=f"{key}/last.pt")
-                            else:
-                                tar.add(ckpt, arcname=f"{key}/last.pt")
-                            manifest["stages"][key]["checkpoint"] = (
-                                "weights" if manifest["stages"][key]["finished"] else "resumable"
-                            )
+                        if chain not in plan or plan[chain][0].parent != run_dir:
+                            continue
+                        ckpt, mode, state = plan[chain]
+                        if mode == WHOLE:
+                            tar.add(ckpt, arcname=f"{key}/last.pt")
+                        else:
+                            slim = Path(tmp) / f"{chain.name}-{run_dir.name}.pt"
+                            torch.save(slim_state(state, mode == WEIGHTS_F16), slim)
+                            os.utime(slim, ns=(ckpt.stat().st_atime_ns, ckpt.stat().st_mtime_ns))
+                            tar.add(slim, arcname=f"{key}/last.pt")
+                        manifest["stages"][key]["checkpoint"] = mode
             written.append(dest / name)
         with tarfile.open(dest / META, "w:gz") as tar:
             for f in META_FILES:
@@ -173,4 +244,19 @@ def restore(src: Path, force: bool = False) -> Tuple[Path, Dict[str, Any]]:
     finally:
         for tar in archives:
             tar.close()
+    for key, state in manifest["stages"].items():
+        if state.get("checkpoint") == WEIGHTS_F16:
+            _float32_again(out / key / "last.pt")
     return out, manifest
+
+
+def _float32_again(path: Path) -> None:
+    """Weights rounded to float16 for the journey, as float32 again (the rounded values: the model evaluated)."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    rounded = set(state.get("weights_float16", ()))
+    state["model"] = {k: v.float() if k in rounded else v for k, v in state["model"].items()}
+    st = path.stat()
+    torch.save(state, path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))

@@ -302,6 +302,11 @@ def save_checkpoint(run: Run, path: Path) -> None:
 def load_checkpoint(run: Run, path: Path) -> None:
     # our own checkpoints hold Python RNG state (tuples), so weights_only loading cannot be used
     state = torch.load(path, map_location=run.device, weights_only=False)
+    if "optimizer" not in state:
+        raise ValueError(
+            f"{path} holds weights only (slimmed for the journey from a lent device, crossval.py archive): "
+            "it cannot resume; remove its run folder to train that stage again"
+        )
     _bare(run.model).load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.epoch, run.best_dice, run.best_epoch = state["epoch"], state["best_dice"], state["best_epoch"]
