@@ -83,8 +83,8 @@ trainer.PartialLabelDiceCE.forward = _watched_forward
 _build = trainer.build
 
 
-def _watched_build(cfg, resume):
-    run = _build(cfg, resume)
+def _watched_build(cfg, resume, pack=None):
+    run = _build(cfg, resume, pack)
     record["start_epoch"] = run.epoch
     record["start_weights"] = {k: v.detach().clone() for k, v in run.model.named_parameters()}
     record["model"] = run.model
