@@ -26,6 +26,12 @@
 #   GPU_OVERRIDES  the GPU settings (default below: device augmentation, batch 4 with half the
 #                  iterations, so each stage sees the recipe's patches; 2 loader workers and 2 threads
 #                  per chain on the 16 cores; validation only after each stage's last epoch)
+#   FOLD_LIST      the folds to train (default: all), e.g. "0 1": chains that cannot all finish in one
+#                  call are better trained two at a time, each to its end
+#   COMPRESS=1     give each stage a time limit of its share of the budget (the poly schedule then ends
+#                  early: FEWER patches than the recipe, a different recipe, to be reported as such).
+#                  Default: the recipe's own schedule; a stage the hard stop interrupts keeps its
+#                  whole checkpoint (where it fits what comes back) and resumes in the next call
 #   SMOKE=1        a rehearsal of everything in about 2 minutes (2 epochs of 5 iterations per stage)
 set -uo pipefail
 T0=$(date +%s)
@@ -33,6 +39,8 @@ PY=${PYTHON:-python3}
 PACK=${PACK:-.gpudata/issue20.pack}
 FOLDS=${FOLDS:-4}
 FINAL=${FINAL:-1}
+FOLD_FLAGS=()
+for f in ${FOLD_LIST:-}; do FOLD_FLAGS+=(--fold "$f"); done
 PARALLEL=${PARALLEL:-5}
 RECIPE=${RECIPE:-training/configs/default_wholegland.yaml training/configs/default_wholegland_finetune.yaml training/configs/default_wholegland_presence_onesided.yaml}
 GPU_OVERRIDES=${GPU_OVERRIDES:-augment.on_device=true train.batch_size=4 train.iterations_per_epoch=25 train.num_workers=2 train.num_threads=2 train.validate_every=1000}
@@ -73,13 +81,16 @@ timeout 150 $PY training/train.py --config "$FIRST" --pack "$PACK" output_dir=/t
 ARCHIVE_S=40
 LEFT_S=$($PY -c "print(int($BUDGET_MIN * 60) - $(elapsed))")
 TRAIN_MIN=$($PY -c "print(max(0.5, round(($LEFT_S - $ARCHIVE_S - 75) / 60, 2)))")
+BUDGET_FLAGS=()
+[ -n "${COMPRESS:-}" ] && BUDGET_FLAGS=(--time-budget-min "$TRAIN_MIN")
 FINAL_FLAG=--final
 [ "$FINAL" = 0 ] && FINAL_FLAG=
-echo "== $(elapsed) s: training, $TRAIN_MIN min per chain, hard stop in $(( LEFT_S - ARCHIVE_S )) s"
+echo "== $(elapsed) s: training (${BUDGET_FLAGS[*]:-the recipe schedule, exact}), hard stop in $(( LEFT_S - ARCHIVE_S )) s"
 (nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 15 > "$CV_OUT/logs/gpu.csv" 2>/dev/null &
  echo $! > /tmp/gpu_cv_smi.pid)
 timeout -k 10 $(( LEFT_S - ARCHIVE_S )) $PY training/crossval.py run -o "$CV_OUT" --folds "$FOLDS" "${CONFIGS[@]}" \
-    $FINAL_FLAG --train-only --parallel "$PARALLEL" --pack "$PACK" --time-budget-min "$TRAIN_MIN" $GPU_OVERRIDES "${EXTRA[@]}"
+    "${FOLD_FLAGS[@]}" $FINAL_FLAG --train-only --parallel "$PARALLEL" --pack "$PACK" "${BUDGET_FLAGS[@]}" \
+    $GPU_OVERRIDES "${EXTRA[@]}"
 RC=$?
 kill "$(cat /tmp/gpu_cv_smi.pid)" 2>/dev/null
 echo "== $(elapsed) s: training ended (exit code $RC; 124: stopped by the hard limit, resumable)"
