@@ -16,6 +16,7 @@ installed and an NVIDIA driver is present, so a CPU-only machine never imports t
 else ``openvino`` on a CPU with native bf16 where OpenVINO is installed, else ``onnxruntime``
 when the package has ONNX and ONNX Runtime is installed, else ``torch``.
 Every runtime can be cancelled while it runs (:meth:`Runtime.run`'s ``should_cancel``).
+A runtime runs one network: an ensemble package gets one per member, on the same backend.
 """
 
 from __future__ import annotations
@@ -155,7 +156,9 @@ def create_runtime(
     precision: str = "auto",
     threads: Optional[int] = None,
 ) -> Runtime:
-    """The runtime for ``package`` (a :class:`~UNetSegmentLib.model_package.ModelPackage`)."""
+    """The runtime for ``package``: a :class:`~UNetSegmentLib.model_package.ModelPackage` with one
+    network, or one network of a package (:class:`~UNetSegmentLib.model_package.PackageMember`;
+    an ensemble runs one runtime per member, see :class:`~UNetSegmentLib.inference.Predictor`)."""
     check_precision(precision, device)
     chosen = choose_backend(backend, device, package.has_onnx)
     if precision == "bfloat16" and chosen == "onnxruntime" and backend == "auto":

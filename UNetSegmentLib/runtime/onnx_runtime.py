@@ -28,7 +28,7 @@ MAX_WINDOW_VOXELS = 1_600_000
 
 
 class OnnxRuntime:
-    """A model package's ONNX network in an ONNX Runtime CPU session."""
+    """A model package's ONNX network (or one ensemble member's) in an ONNX Runtime CPU session."""
 
     name = "onnxruntime"
     device = "cpu"

@@ -25,7 +25,7 @@ MAX_WINDOW_VOXELS = 1_600_000
 
 
 class OpenVinoRuntime:
-    """A model package's ONNX network compiled by OpenVINO for the CPU."""
+    """A model package's ONNX network (or one ensemble member's) compiled by OpenVINO for the CPU."""
 
     name = "openvino"
     device = "cpu"
