@@ -311,6 +311,13 @@ class ModelInfo:
         networks = self.networks
         return networks[: self.members_per_quality.get(quality, len(networks))]
 
+    def members_summary(self) -> str:
+        """``"1 network"``, or e.g. ``"ensemble of 4 networks (fast 1, standard 1, best 4)"``: how many run at each quality."""
+        if not self.members:
+            return "1 network"
+        per = ", ".join(f"{q} {len(self.members_for(q))}" for q in QUALITY_NAMES)
+        return f"ensemble of {len(self.members)} networks ({per})"
+
     @property
     def weights_digest(self) -> str:
         """A sha256 naming the exact weights: the weights file's for one network; for an ensemble the
