@@ -316,7 +316,9 @@ def test_a_member_with_the_wrong_number_of_classes_is_named(pair):
 
     ens = pair[2]
     runtimes = [create_runtime(ens.members[0], backend="onnxruntime"), TwoLabels()]
-    with pytest.raises(ModelPackageError, match="network 'm1' of tiny-test-model-ensemble gives 3 classes; its labels need 2"):
+    with pytest.raises(
+        ModelPackageError, match="network 'm1' of tiny-test-model-ensemble gives 3 classes; its labels need 2"
+    ):
         Predictor(ens, quality="fast", runtime=runtimes).predict(synthetic_image())
 
 

@@ -325,6 +325,8 @@ class Predictor:
                     f"network {member.name!r} of {self.info.id} gives {logits.shape[1]} classes; "
                     f"its labels need {self.info.num_classes}"
                 )
+            if count > 1 and hasattr(runtime, "release_memory"):
+                runtime.release_memory()  # one member's buffers at a time, however many members
             p = _softmax(logits)
             del logits
             if total is None:

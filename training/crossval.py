@@ -476,7 +476,7 @@ def main(argv=None) -> int:
             path = pack_ensemble(args.pooled, args.output, args.final, args.members_per_quality, args.id, args.version)
             from UNetSegmentLib.model_package import ModelPackage
 
-            print(f"ensemble package: {path} ({ModelPackage.load(path, verify=False).info.members_summary()})")
+            print(f"ensemble package: {path}: {ModelPackage.load(path, verify=False).info.members_summary()}")
             return 0
         if args.command == "compare":
             result = compare(args.a, args.b)

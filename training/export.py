@@ -468,7 +468,7 @@ def main(argv=None) -> int:
         metrics, extra = _metrics_and_files(args)
         if ensemble:
             pkg = ensemble_from_args(args, metrics, extra)
-            print(f"ensemble package: {pkg.path} ({pkg.info.members_summary()})")
+            print(f"ensemble package: {pkg.path}: {pkg.info.members_summary()}")
         elif args.repackage:
             pkg = repackage(args.run_dir, args.out_dir, version=args.version, metrics=metrics)
         else:

@@ -21,6 +21,8 @@ A runtime runs one network: an ensemble package gets one per member, on the same
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import importlib.util
 import os
 import platform
@@ -44,7 +46,9 @@ class CancelledError(Exception):
 
 
 class Runtime(Protocol):
-    """Runs the network on one ``(1, C, z, y, x)`` float32 array at a time (any size the network accepts)."""
+    """Runs the network on one ``(1, C, z, y, x)`` float32 array at a time (any size the network accepts).
+
+    Optionally ``release_memory()``: free what the last run kept (called between an ensemble's members)."""
 
     name: str  #: "onnxruntime" or "torch"
     device: str  #: "cpu", "cuda" or "mps"
@@ -60,6 +64,23 @@ class Runtime(Protocol):
     def fallback(self) -> Optional[Runtime]:
         """A CPU runtime to retry on after the device ran out of memory (None: no fallback)."""
         ...
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Optional[Callable[[int], int]]:
+    if platform.system() != "Linux":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl)
+        return None
+
+
+def trim_heap() -> None:
+    """Return freed heap memory to the system where the C library can (glibc's ``malloc_trim``)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def torch_installed() -> bool:
@@ -190,4 +211,5 @@ __all__ = [
     "check_precision",
     "choose_backend",
     "create_runtime",
+    "trim_heap",
 ]
