@@ -417,3 +417,51 @@ def test_segment_and_info_run_an_ensemble_with_torch_blocked(tmp_path, pair):
     assert proc.returncode == 0, proc.stderr
     assert "ensemble of 2 networks (fast 2, standard 2, best 2)" in proc.stdout
     assert "1 network)" in proc.stdout  # the default model's line
+
+
+def test_an_ensemble_zip_installs_and_the_models_command_shows_and_verifies_it(tmp_path, pair, monkeypatch, capsys):
+    from UNetSegmentLib.cli import EXIT_MODEL, EXIT_OK, main
+
+    monkeypatch.setenv("UNETSEGMENT_HOME", str(tmp_path / "home"))
+    catalogue = tmp_path / "catalogue.json"
+    catalogue.write_text(json.dumps({"format_version": 1, "models": []}), encoding="utf-8")
+    monkeypatch.setenv("UNETSEGMENT_CATALOGUE", str(catalogue))
+    zip_path = pair[2].to_zip(tmp_path / "ens.zip")
+    assert main(["models", "import", str(zip_path)]) == EXIT_OK
+    installed = tmp_path / "home" / "models" / "tiny-test-model-ensemble" / "0.0.1"
+    assert (installed / "members" / "m1" / "model.onnx").is_file()
+    capsys.readouterr()
+    assert main(["models", "list"]) == EXIT_OK
+    assert "[ensemble of 2 networks (fast 2, standard 2, best 2)]" in capsys.readouterr().out
+    assert main(["models", "verify", "tiny-test-model-ensemble"]) == EXIT_OK
+    assert "2 members checked" in capsys.readouterr().out
+    _flip_byte(installed / "members" / "m1" / "weights.safetensors")
+    assert main(["models", "verify", "tiny-test-model-ensemble"]) == EXIT_MODEL
+    assert "member 'm1'" in capsys.readouterr().out
+
+
+def test_out_of_memory_moves_every_member_to_its_fallback(pair):
+    """A device out of memory: each member's runtime hands over to its CPU fallback, and the run is redone."""
+
+    class Gpu:
+        name, device, precision, threads, max_window_voxels = "torch", "cuda", "bfloat16", 1, 10**9
+
+        def __init__(self, cpu):
+            self.cpu = cpu
+
+        def run(self, x, should_cancel=None):
+            raise RuntimeError("CUDA out of memory")
+
+        def is_out_of_memory(self, e):
+            return "out of memory" in str(e)
+
+        def fallback(self):
+            return self.cpu
+
+    ens = pair[2]
+    cpu = [create_runtime(m, backend="onnxruntime") for m in ens.members]
+    predictor = Predictor(ens, quality="fast", runtime=[Gpu(rt) for rt in cpu])
+    result = predictor.predict(synthetic_image())
+    assert predictor.runtimes == cpu and result.device == "cpu" and result.members == 2
+    expected = Predictor(ens, quality="fast", runtime=cpu).predict(synthetic_image())
+    assert np.array_equal(result.probabilities, expected.probabilities)
