@@ -393,7 +393,6 @@ def _parse_single(argv: Sequence[str]) -> argparse.Namespace:
     _add_package_options(p)
     p.add_argument("--version", help="package version (default: the run config's model.version)")
     args = p.parse_args(argv)
-    args.ensemble = None
     return args
 
 
