@@ -415,6 +415,8 @@ def _parse_ensemble(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--name", help="display name (default: the first member's + ', ensemble of N')")
     p.add_argument("--version", help="package version (default: the first member's)")
     _add_package_options(p)
+    if any(a in ("-h", "--help") for a in argv):
+        p.parse_args(["--help"])  # also for "--ensemble --help", where --help is not OUT_DIR
     args = p.parse_args(argv)
     args.out_dir = args.ensemble
     return args
