@@ -90,7 +90,8 @@ def test_missing_weights_sha256_is_refused(package):
     "edit, message",
     [
         (lambda d: d.pop("architecture"), "malformed: KeyError"),
-        (lambda d: d.update(format_version=2), "format_version 2 is not supported"),
+        (lambda d: d.update(format_version=3), "format_version 3 is not supported"),
+        (lambda d: d.update(format_version=2), "format_version 2 \\(an ensemble\\) lists no members"),
         (lambda d: d.update(id="Prostate Model"), "model id 'Prostate Model'"),
         (lambda d: d.update(version="1.0"), "not a semantic version"),
         (lambda d: d["labels"][0].update(value=0), "outside 1-255"),

@@ -10,7 +10,9 @@ whole model grid in one window (the network is fully convolutional; grids larger
 the runtime's window limit are tiled with Gaussian blending, ``sliding_window``); then,
 by quality, the test-time flips the model was trained with, computed only where the
 gland is: on a crop around what the first pass found (``standard``) or on the whole
-grid (``best``). Softmax outputs are averaged, the argmax is taken on the model grid,
+grid (``best``). An ensemble package runs each of its members that the quality asks for
+(``members_per_quality``) on the same regions and windows. Softmax outputs are averaged
+(over members and passes), the argmax is taken on the model grid,
 post-processed (largest connected component and hole filling per structure), and each
 label is brought back onto the input grid. Everything here is numpy: the runtime
 (:mod:`.runtime`) is the only part that knows ONNX Runtime or PyTorch, so a CPU run
@@ -24,12 +26,12 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
 
-from .model_package import ModelPackage
+from .model_package import ModelPackage, ModelPackageError
 from .postprocessing import largest_component, postprocess_labels
 from .preprocessing import ModelGrid, preprocess_image
 from .runtime import BACKENDS, DEVICES, PRECISIONS, CancelledError, Runtime, create_runtime
@@ -82,8 +84,9 @@ __all__ = [
 class Prediction:
     """Result of one ``Predictor.predict`` call.
 
-    ``probabilities``: the averaged softmax, float32 ``(K, z, y, x)`` on the model grid (K =
-    background + one per label value); ``grid`` maps model-grid arrays back to the input.
+    ``probabilities``: the averaged softmax (over passes and an ensemble's members), float32
+    ``(K, z, y, x)`` on the model grid (K = background + one per label value); ``grid`` maps
+    model-grid arrays back to the input.
     """
 
     labelmap: sitk.Image
@@ -93,9 +96,11 @@ class Prediction:
     backend: str = "onnxruntime"
     probabilities: Optional[np.ndarray] = None
     grid: Optional[ModelGrid] = None
-    #: voxels the network computed, over all passes, and the model grid's voxels
+    #: voxels the networks computed, over all passes and members, and the model grid's voxels
     computed_voxels: int = 0
     grid_voxels: int = 0
+    #: networks whose softmax was averaged: 1, or the ensemble members the quality ran
+    members: int = 1
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -114,10 +119,13 @@ class Predictor:
 
     ``backend`` / ``device`` / ``precision`` choose the runtime (:func:`.runtime.create_runtime`;
     ``auto``: ONNX Runtime on the CPU, PyTorch on a GPU). ``quality``
-    (:data:`QUALITY_SETTINGS`) sets the test-time flips. ``windows`` (:data:`WINDOW_MODES`)
-    and ``overlap`` (``patch`` windows only; default the model's) select the older tiling.
-    ``memory_format`` is passed to the torch runtime (``contiguous``: the NCDHW baseline of
-    ``benchmarks/bench_cpu_options.py``).
+    (:data:`QUALITY_SETTINGS`) sets the test-time flips and, for an ensemble package, how many
+    of its members run (``members_per_quality`` in ``model.json``; one runtime per member, all
+    loaded at once). ``windows`` (:data:`WINDOW_MODES`) and ``overlap`` (``patch`` windows only;
+    default the model's) select the older tiling. ``memory_format`` is passed to the torch
+    runtime (``contiguous``: the NCDHW baseline of ``benchmarks/bench_cpu_options.py``).
+    ``runtime``: runtimes built elsewhere, one per member that runs at ``quality`` (a single
+    runtime for a package with one network).
     """
 
     def __init__(
@@ -131,7 +139,7 @@ class Predictor:
         memory_format: str = "auto",
         backend: str = "auto",
         windows: str = "grid",
-        runtime: Optional[Runtime] = None,
+        runtime: Optional[Union[Runtime, Sequence[Runtime]]] = None,
     ) -> None:
         if quality not in QUALITY_SETTINGS:
             raise ValueError(f"quality must be one of {QUALITIES}, not {quality!r}")
@@ -148,19 +156,38 @@ class Predictor:
             axes = sorted(FLIP_AXES[a] for a in self.info.inference.test_time_flips)
             self.flips = tuple(c for n in range(1, len(axes) + 1) for c in itertools.combinations(axes, n))
         self.overlap = float(self.info.inference.overlap if overlap is None else overlap)
+        #: the networks that run at this quality (one, or the ensemble's first N)
+        self.members = package.members_for(quality)
         if runtime is None:
-            if memory_format != "auto" and backend in ("auto", "torch"):
-                from .runtime.torch_runtime import TorchRuntime
+            runtimes: List[Runtime] = []
+            for member in self.members:
+                if memory_format != "auto" and backend in ("auto", "torch"):
+                    from .runtime.torch_runtime import TorchRuntime
 
-                runtime = TorchRuntime(package, device, precision, threads, memory_format)
-            else:
-                runtime = create_runtime(package, backend=backend, device=device, precision=precision, threads=threads)
-        self.runtime = runtime
+                    runtimes.append(TorchRuntime(member, device, precision, threads, memory_format))
+                else:
+                    runtimes.append(
+                        create_runtime(member, backend=backend, device=device, precision=precision, threads=threads)
+                    )
+        else:
+            runtimes = list(runtime) if isinstance(runtime, (list, tuple)) else [runtime]
+            if len(runtimes) != len(self.members):
+                raise ValueError(
+                    f"{len(self.members)} network(s) of {self.info.id} run at quality {quality}: "
+                    f"give one runtime each, not {len(runtimes)}"
+                )
+        #: one runtime per member of :attr:`members`, in the same order
+        self.runtimes: List[Runtime] = runtimes
         arch = self.info.architecture.get("parameters", {})
         divisor = [1, 1, 1]
         for pool in arch.get("pool_sizes", ()):
             divisor = [d * int(p) for d, p in zip(divisor, pool)]
         self.divisor: Tuple[int, int, int] = (divisor[0], divisor[1], divisor[2])
+
+    @property
+    def runtime(self) -> Runtime:
+        """The (first member's) runtime: every member runs on the same backend and device."""
+        return self.runtimes[0]
 
     @property
     def device(self) -> str:
@@ -192,12 +219,11 @@ class Predictor:
             probs, computed = self._probabilities(array_zyx, report, should_cancel)
         except CancelledError:
             raise
-        except Exception as e:  # a GPU out of memory: the runtime's CPU fallback, once
-            is_oom = getattr(self.runtime, "is_out_of_memory", None)
-            fallback = self.runtime.fallback() if is_oom is not None and is_oom(e) else None
-            if fallback is None:
+        except Exception as e:  # a GPU out of memory: the runtimes' CPU fallback, once
+            fallbacks = self._fallbacks(e)
+            if fallbacks is None:
                 raise
-            self.runtime = fallback
+            self.runtimes = fallbacks
             probs, computed = self._probabilities(array_zyx, report, should_cancel)
         labels_zyx = probs.argmax(0).astype(np.uint8)
         timings["inference"] = time.perf_counter() - t0
@@ -225,7 +251,16 @@ class Predictor:
             grid,
             computed,
             int(array_zyx.size),
+            len(self.runtimes),
         )
+
+    def _fallbacks(self, error: BaseException) -> Optional[List[Runtime]]:
+        """After ``error``: each runtime's CPU fallback if it was a device out of memory (None: re-raise)."""
+        is_oom = getattr(self.runtime, "is_out_of_memory", None)
+        if is_oom is None or not is_oom(error):
+            return None
+        fallbacks = [runtime.fallback() for runtime in self.runtimes]
+        return None if any(f is None for f in fallbacks) else fallbacks  # type: ignore[misc]
 
     # -- the passes ----------------------------------------------------------------------------
 
@@ -240,7 +275,8 @@ class Predictor:
         if self.windows == "patch":
             return (patch[0], patch[1], patch[2]), self.overlap
         win = [max(_round_up(s, d), p) for s, d, p in zip(shape_zyx, self.divisor, patch)]
-        limit = max(int(self.runtime.max_window_voxels), int(np.prod(patch)))
+        runtime_limit = min(int(r.max_window_voxels) for r in self.runtimes)
+        limit = max(runtime_limit, int(np.prod(patch)))
         while int(np.prod(win)) > limit:
             axis = int(np.argmax([w / p for w, p in zip(win, patch)]))
             smaller = max(_round_up(int(win[axis] * 0.6), self.divisor[axis]), patch[axis])
@@ -256,28 +292,51 @@ class Predictor:
         should_cancel: Optional[Callable[[], bool]],
         on_window: Callable[[int, int], None],
     ) -> Tuple[np.ndarray, int]:
-        """Softmax ``(1, K, *x.shape[2:])`` of the network over ``x`` (flipped along ``flip``, and back)."""
-        xi = np.flip(x, flip) if flip else x
+        """Softmax ``(1, K, *x.shape[2:])`` over ``x`` (flipped along ``flip``, and back), averaged over
+        the members: each runs the same windows, one member after the other (one softmax of the
+        region and the running sum in memory, whatever the number of members)."""
+        xi = np.ascontiguousarray(np.flip(x, flip) if flip else x)
         win, overlap = self.window_for(x.shape[2:])
         computed = 0
+        total: Optional[np.ndarray] = None
+        count = len(self.runtimes)
+        for i, (member, runtime) in enumerate(zip(self.members, self.runtimes)):
 
-        def network(t: np.ndarray) -> np.ndarray:
-            nonlocal computed
-            computed += int(np.prod(t.shape[2:]))
-            return self.runtime.run(t, should_cancel)
+            def network(t: np.ndarray, runtime: Runtime = runtime) -> np.ndarray:
+                nonlocal computed
+                computed += int(np.prod(t.shape[2:]))
+                return runtime.run(t, should_cancel)
 
-        logits = sliding_window(
-            np.ascontiguousarray(xi),
-            win,
-            network,
-            overlap=overlap,
-            mode=self.info.inference.blend_mode,
-            pad_value=float(x.min()),
-            on_window=on_window,
-            pad_mode="edge" if self.windows == "grid" else "constant",
-        )
-        p = _softmax(logits)
-        return (np.flip(p, flip) if flip else p), computed
+            def member_progress(done: int, windows: int, i: int = i) -> None:
+                on_window(i * windows + done, count * windows)
+
+            logits = sliding_window(
+                xi,
+                win,
+                network,
+                overlap=overlap,
+                mode=self.info.inference.blend_mode,
+                pad_value=float(x.min()),
+                on_window=member_progress,
+                pad_mode="edge" if self.windows == "grid" else "constant",
+            )
+            if logits.shape[1] != self.info.num_classes:
+                raise ModelPackageError(
+                    f"network {member.name!r} of {self.info.id} gives {logits.shape[1]} classes; "
+                    f"its labels need {self.info.num_classes}"
+                )
+            if count > 1 and hasattr(runtime, "release_memory"):
+                runtime.release_memory()  # one member's buffers at a time, however many members
+            p = _softmax(logits)
+            del logits
+            if total is None:
+                total = p
+            else:
+                total += p
+        assert total is not None
+        if count > 1:
+            total /= count
+        return (np.flip(total, flip) if flip else total), computed
 
     def gland_box(self, labels_zyx: np.ndarray) -> Optional[Tuple[slice, slice, slice]]:
         """The box the flipped passes run on: the first pass's structures plus :data:`CROP_MARGIN_ZYX`,

@@ -100,8 +100,13 @@ def build_command(
     return argv
 
 
-def ours_template(model: Optional[Path], backend: Optional[str] = None) -> str:
-    return OURS_CMD + (" --model {model}" if model else "") + (f" --backend {backend}" if backend else "")
+def ours_template(model: Optional[Path], backend: Optional[str] = None, quality: Optional[str] = None) -> str:
+    return (
+        OURS_CMD
+        + (" --model {model}" if model else "")
+        + (f" --backend {backend}" if backend else "")
+        + (f" --quality {quality}" if quality else "")
+    )
 
 
 def our_backend(backend: Optional[str], device: Optional[str]) -> Dict[str, object]:
@@ -262,6 +267,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="unmeasured runs of each tool first")
     p.add_argument("--device", help="passed to both tools as --device (default: each tool's own)")
     p.add_argument("--backend", help="our --backend (default: auto, as a user runs it)")
+    p.add_argument("--quality", choices=("fast", "standard", "best"), help="our --quality (default: standard)")
     p.add_argument(
         "--all-promise12",
         action="store_true",
@@ -301,7 +307,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     suffix = ".nii.gz"
     if args.all_promise12:
         return run_all_cases(args, work)
-    tools = {"ours": args.ours_cmd or ours_template(args.model, args.backend)}
+    tools = {"ours": args.ours_cmd or ours_template(args.model, args.backend, args.quality)}
     if not args.no_peer:
         tools["taps"] = args.peer_cmd or taps_template()
     commands = {
@@ -353,6 +359,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             "# Inference end to end: unetsegment vs TAPS",
             "",
             f"input: {args.input}; label: {args.label}; model: {args.model or 'bundled'}; "
+            f"quality: {args.quality or 'standard'}; "
             f"{args.repeats} alternating rounds after {args.warmup} warm-up",
             "",
             environment_markdown(env_info),
@@ -386,7 +393,7 @@ def run_all_cases(args: argparse.Namespace, work: Path) -> int:
     if not cases:
         print(f"bench_inference: no PROMISE12 cases in {SHARED_DATA / 'promise12'}", file=sys.stderr)
         return 1
-    template = args.ours_cmd or ours_template(args.model, args.backend)
+    template = args.ours_cmd or ours_template(args.model, args.backend, args.quality)
     env = dict(os.environ)
     if args.threads:
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))

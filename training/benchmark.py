@@ -77,7 +77,7 @@ def model_facts(package) -> Dict[str, Any]:
     from UNetSegmentLib.network import conv_flops, count_parameters
 
     info = package.info
-    net = package.build_network()
+    net = package.members[0].build_network()  # an ensemble's members share the architecture
     patch = tuple(info.inference.patch_size_zyx)
     return {
         "id": info.id,
@@ -89,7 +89,8 @@ def model_facts(package) -> Dict[str, Any]:
         "patch_size_zyx": list(patch),
         "spacing_xyz_mm": list(info.preprocessing.spacing_xyz_mm),
         "architecture": info.architecture,
-        "weights_sha256": info.weights_sha256,
+        "weights_sha256": info.weights_digest,
+        "members": len(info.networks),
         "training": info.training,
         "license": info.license,
     }
@@ -359,6 +360,8 @@ def _model_section(facts: Dict[str, Any]) -> List[str]:
         f"voxels (z, y, x) at {' x '.join(f'{s:g}' for s in facts['spacing_xyz_mm'])} mm (x, y, z); convolutions only, 2 FLOPs per multiply-add",
         f"- weights sha256: `{facts['weights_sha256'][:16]}…`",
     ]
+    if facts.get("members", 1) > 1:
+        lines.append(f"- an ensemble of {facts['members']} networks (size and compute above are per network)")
     if training:
         lines.append(
             f"- training: experiment `{training.get('experiment', '?')}`, {training.get('epochs', '?')} epochs, "

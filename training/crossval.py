@@ -52,6 +52,19 @@ finished training and evaluates and pools. ``training/gpu_cv.sh`` is the device 
 ``compare`` pairs two pooled evaluations by patient and structure: mean of each, the mean
 difference (B - A) with a bootstrap 95% interval over patients, and how many patients each
 one wins. Both must have evaluated the same patients.
+
+``ensemble`` packs the fold models ``OUT/foldI/NAME.model`` of a finished cross-validation
+(given by its pooled folder ``OUT/NAME``) into one ensemble package, whose softmax outputs
+inference averages (``training/export.py --ensemble``)::
+
+    python training/crossval.py ensemble runs/cv/NAME -o PKG [--final] [--members-per-quality ...] [--version X]
+
+Member ``foldI`` records its fold, run folder and held-out patients; ``--final`` puts the
+final model (``OUT/final/NAME.model``, every labelled case) first, as member ``final``, so
+that with the default ``--members-per-quality`` (``fast=1,standard=1,best=all``) the default
+quality runs the final model alone and ``best`` averages it with the folds. Every patient
+of the cross-validation trained some member, so the ensemble is compared with the single
+model on other patients (``evaluate.py`` on both, then ``compare``), not on the folds'.
 """
 
 from __future__ import annotations
@@ -703,6 +716,61 @@ def comparison_table(result: Dict[str, Dict[str, Any]], a_name: str, b_name: str
     return "\n".join(lines) + "\n"
 
 
+# --- the fold models as one ensemble -----------------------------------------
+
+
+def pack_ensemble(
+    pooled: Path,
+    output: Path,
+    final: bool = False,
+    members_per_quality: Optional[str] = None,
+    model_id: Optional[str] = None,
+    version: Optional[str] = None,
+) -> Path:
+    """Write the ensemble package of the fold models of the cross-validation pooled in ``pooled``
+    (``OUT/NAME``; with ``final``, the final model first); the package folder."""
+    from training.export import (
+        DEFAULT_MEMBERS_PER_QUALITY,
+        export_ensemble,
+        metrics_from_evaluation,
+        parse_members_per_quality,
+        source_package,
+    )
+
+    pooled = Path(pooled)
+    summary_path = pooled / "summary.json"
+    if not summary_path.is_file():
+        raise FileNotFoundError(f"{pooled} has no summary.json: give the pooled folder OUT/NAME of a cross-validation")
+    crossval = json.loads(summary_path.read_text(encoding="utf-8")).get("crossval")
+    if not crossval:
+        raise ValueError(f"{summary_path} is not a cross-validation's pooled summary (no 'crossval')")
+    out, name, folds = pooled.parent, pooled.name, int(crossval["folds"])
+    places = [("final", final_dir(out), {"final": True})] if final else []
+    places += [(f"fold{f}", fold_dir(out, f), {"fold": f, "folds": folds}) for f in range(folds)]
+    members = []
+    for member, folder, extra in places:
+        if not (folder / f"{name}.model").is_dir():
+            raise FileNotFoundError(f"{folder / f'{name}.model'} does not exist: has {member} been trained?")
+        package, provenance = source_package(folder / f"{name}.model")
+        provenance.update(extra)
+        if (folder / name).is_dir():
+            provenance["run"] = str(folder / name)
+        members.append((member, package, provenance))
+    per_quality = parse_members_per_quality(members_per_quality or DEFAULT_MEMBERS_PER_QUALITY, len(members))
+    training = {
+        "crossval": {
+            "folds": folds,
+            "recipe": crossval.get("recipe", []),
+            "overrides": crossval.get("overrides", []),
+            "evaluation": str(pooled),
+            # each patient by the fold model that did not train on it: the members, not the ensemble
+            "members_held_out": metrics_from_evaluation(pooled),
+        }
+    }
+    package = export_ensemble(output, members, per_quality, model_id, version, training=training)
+    return package.path
+
+
 # --- command line -----------------------------------------------------------
 
 
@@ -748,6 +816,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     c.add_argument("a", type=Path, help="evaluation folder A (per_case.csv), e.g. a cross-validation's output")
     c.add_argument("b", type=Path, help="evaluation folder B, over the same patients")
     c.add_argument("-o", "--output", type=Path, help="also write the table (Markdown) and the numbers (.json) here")
+    e = sub.add_parser("ensemble", help="pack the fold models into one ensemble package")
+    e.add_argument("pooled", type=Path, help="the cross-validation's pooled folder, OUT/NAME")
+    e.add_argument("-o", "--output", required=True, type=Path, help="the ensemble package folder to write")
+    e.add_argument("--final", action="store_true", help="the final model (OUT/final/NAME.model) as the first member")
+    e.add_argument(
+        "--members-per-quality",
+        help="members (the first N) per --quality, e.g. fast=1,standard=1,best=all (the default), or all",
+    )
+    e.add_argument("--id", help="model id (default: the recipe's model id + '-ensemble')")
+    e.add_argument("--version", help="package version (default: the fold models')")
     return p.parse_args(argv)
 
 
@@ -778,6 +856,12 @@ def main(argv=None) -> int:
     except ImportError:  # no SimpleITK (training from a data pack): no image is read here
         pass
     try:
+        if args.command == "ensemble":
+            path = pack_ensemble(args.pooled, args.output, args.final, args.members_per_quality, args.id, args.version)
+            from UNetSegmentLib.model_package import ModelPackage
+
+            print(f"ensemble package: {path}: {ModelPackage.load(path, verify=False).info.members_summary()}")
+            return 0
         if args.command == "compare":
             result = compare(args.a, args.b)
             table = comparison_table(result, str(args.a), str(args.b))

@@ -353,7 +353,8 @@ def evaluate(
         summary["model"] = {
             "id": package.info.id,
             "version": package.info.version,
-            "weights_sha256": package.info.weights_sha256,  # ties these results to the exact weights
+            "weights_sha256": package.info.weights_digest,  # ties these results to the exact weights
+            "members": len(predictor.members),  # networks averaged (an ensemble's, at this quality)
             "path": str(package.path),
         }
         summary["data"] = description

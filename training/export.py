@@ -8,6 +8,22 @@ model.json with both sha256) and, with
 model's other versions (an entry of the same version is replaced). ``--checkpoint last.pt`` exports the end of the
 schedule instead of the epoch with the best validation Dice, so that Dice
 measured on the validation cases is not inflated by choosing among epochs.
+
+An ensemble package (several networks whose softmax inference averages)::
+
+    python training/export.py --ensemble OUT_DIR SOURCE SOURCE [SOURCE ...] \
+        [--members-per-quality fast=1,standard=1,best=all] [--names a,b,...] [--id ID] [--version X]
+
+Each SOURCE is a model package folder or a training run folder (exported first, with
+``--checkpoint``); they must share architecture, preprocessing, inference settings and
+labels (else the command names the first difference). Each member keeps its weights byte
+for byte, gains an ONNX network exported from them, and records where it came from
+(``provenance``). ``--members-per-quality`` says how many members (the first N) run at
+each ``--quality``; the default runs the first member alone at ``fast`` and ``standard``
+and every member at ``best`` (an ensemble of 4 misses the engine's speed targets at the
+default quality: docs/inference_engine.md, "Ensembles"). ``--zip``, ``--catalogue``,
+``--url``, ``--add``, ``--metrics`` and ``--eval`` work as for one run.
+``crossval.py ensemble`` packs a cross-validation's fold models this way.
 """
 
 from __future__ import annotations
@@ -17,7 +33,7 @@ import csv
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -129,6 +145,8 @@ def repackage(source: Path, out_dir: Path, version: Optional[str] = None, metric
 
     source, out_dir = Path(source), Path(out_dir)
     src = ModelPackage.load(source)
+    if src.info.is_ensemble:
+        raise ValueError(f"{source} is an ensemble package; build a new one with --ensemble from its members")
     if out_dir.resolve() == source.resolve():
         raise ValueError("repackage writes a new folder; give an output other than the source")
     info = src.info if version is None else ModelInfo(**{**src.info.__dict__, "version": version})
@@ -144,6 +162,123 @@ def repackage(source: Path, out_dir: Path, version: Optional[str] = None, metric
     if pkg.info.weights_sha256 != src.info.weights_sha256:
         raise ValueError("the repackaged weights differ from the source's (safetensors metadata changed?)")
     return pkg
+
+
+#: ``--members-per-quality`` of an ensemble unless given: the first member alone at the default
+#: quality, every member at ``best`` (docs/inference_engine.md, "Ensembles": 4 members at
+#: ``standard`` miss the engine's speed targets on a 2-core CPU).
+DEFAULT_MEMBERS_PER_QUALITY = "fast=1,standard=1,best=all"
+
+
+def parse_members_per_quality(text: str, members: int) -> Dict[str, int]:
+    """``"fast=1,standard=1,best=all"`` -> ``{"fast": 1, "standard": 1, "best": members}``; ``"all"`` -> ``{}``
+    (every member at every quality). A quality left out runs every member."""
+    from UNetSegmentLib.model_package import QUALITY_NAMES
+
+    text = text.strip()
+    if text == "all":
+        return {}
+    out: Dict[str, int] = {}
+    for item in text.split(","):
+        quality, sep, count = (part.strip() for part in item.partition("="))
+        if not sep or quality not in QUALITY_NAMES:
+            raise ValueError(
+                f"--members-per-quality {text!r}: each item must be QUALITY=N or QUALITY=all, "
+                f"QUALITY one of {', '.join(QUALITY_NAMES)}"
+            )
+        if count == "all":
+            out[quality] = members
+        elif count.isdigit() and 1 <= int(count) <= members:
+            out[quality] = int(count)
+        else:
+            raise ValueError(f"--members-per-quality {quality}={count}: give 1 to {members} or all")
+    return out
+
+
+def source_package(source: Path, workdir: Optional[Path] = None, checkpoint: str = "best.pt"):
+    """The model package of ``source``: the folder itself if it is a package, else the training run
+    folder exported (with ``checkpoint``) into ``workdir``. Returns ``(package, provenance)``."""
+    from UNetSegmentLib.model_package import MODEL_JSON, ModelPackage
+
+    source = Path(source)
+    provenance: Dict[str, Any] = {}
+    if (source / MODEL_JSON).is_file():
+        package = ModelPackage.load(source)
+        provenance["package"] = str(source)
+    elif (source / "config.yaml").is_file() and workdir is not None:
+        package = export_run(source, workdir, checkpoint=checkpoint)
+        provenance.update(run=str(source), checkpoint=checkpoint)
+    else:
+        raise ValueError(f"{source} is neither a model package (model.json) nor a training run (config.yaml)")
+    info = package.info
+    provenance.update(id=info.id, version=info.version, weights_sha256=info.weights_sha256)
+    for key in ("experiment", "epochs", "checkpoint"):
+        if info.training.get(key) is not None:
+            provenance.setdefault(key, info.training[key])
+    held = info.training.get("data", {}).get("validation_cases")
+    if held:
+        provenance["validation_cases"] = list(held)
+    return package, provenance
+
+
+def _ordered_union(lists: Sequence[Sequence[Any]]) -> List[Any]:
+    out: List[Any] = []
+    for items in lists:
+        out.extend(x for x in items if x not in out)
+    return out
+
+
+def export_ensemble(
+    out_dir: Path,
+    members: Sequence[Tuple[str, Any, Dict[str, Any]]],
+    members_per_quality: Optional[Dict[str, int]] = None,
+    model_id: Optional[str] = None,
+    version: Optional[str] = None,
+    name: Optional[str] = None,
+    training: Optional[Dict[str, Any]] = None,
+    metrics: Optional[Dict[str, Any]] = None,
+    extra_files: Optional[Dict[str, Path]] = None,
+):
+    """Write the ensemble package of ``members`` (``(name, package, provenance)``) into ``out_dir``.
+
+    Id, version and name default to the first member's id + ``-ensemble``, its version and its
+    name + ``, ensemble of N``. ``training`` records the members' data (every case any member
+    trained on; ``validation_cases``: the cases none of them trained on) and ``training``'s
+    entries (e.g. the cross-validation); ``metrics`` are the ensemble's own evaluations.
+    """
+    from UNetSegmentLib.model_package import ModelInfo, ModelPackage
+
+    first = members[0][1].info
+    infos = [pkg.info for _, pkg, _ in members]
+    datas = [i.training.get("data", {}) for i in infos]
+    trained = _ordered_union([d.get("train_cases", []) for d in datas])
+    unseen = [c for c in _ordered_union([d.get("validation_cases", []) for d in datas]) if c not in trained]
+    data: Dict[str, Any] = {"train_cases": trained} if trained else {}
+    if unseen:
+        data["validation_cases"] = unseen
+    data["sources"] = _ordered_union([d.get("sources", []) for d in datas])
+    n = len(members)
+    info = ModelInfo(
+        **{
+            **first.__dict__,
+            "id": model_id or f"{first.id}-ensemble",
+            "version": version or first.version,
+            "name": name or f"{first.name}, ensemble of {n}",
+            "description": f"Average of {n} networks. {first.description}",
+            "training": {
+                "ensemble_of": n,
+                "experiment": first.training.get("experiment"),
+                **(training or {}),
+                "data": data,
+                "metrics": metrics or {},
+            },
+            "license": {
+                **first.license,
+                "training_data": _ordered_union([i.license.get("training_data", []) for i in infos]),
+            },
+        }
+    )
+    return ModelPackage.write_ensemble(out_dir, info, members, members_per_quality, extra_files=extra_files)
 
 
 def catalogue_entry(zip_path: Path, package, url: str) -> Dict[str, Any]:
@@ -215,15 +350,8 @@ def update_catalogue(catalogue: Path, entry: Dict[str, Any]) -> None:
     tmp.replace(catalogue)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Export a training run as a UNetSegment model package.")
-    p.add_argument("run_dir", type=Path, help="training run folder (or, with --repackage, a model package folder)")
-    p.add_argument("out_dir", type=Path)
-    p.add_argument(
-        "--repackage",
-        action="store_true",
-        help="RUN_DIR is a model package: write it again with its ONNX network (weights unchanged), e.g. with --version",
-    )
+def _add_package_options(p: argparse.ArgumentParser) -> None:
+    """What both forms of the command share: metadata, evaluations, files, zip and catalogue."""
     p.add_argument("--metrics", type=Path, help="JSON of evaluation metrics to record in model.json")
     p.add_argument(
         "--eval",
@@ -248,31 +376,108 @@ def main(argv=None) -> int:
         choices=("best.pt", "last.pt"),
         help="best.pt (best validation Dice, default) or last.pt (end of the schedule)",
     )
+
+
+def _parse_single(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Export a training run as a UNetSegment model package "
+        "(or several as an ensemble: export.py --ensemble OUT_DIR SOURCE SOURCE ..., see --ensemble --help)."
+    )
+    p.add_argument("run_dir", type=Path, help="training run folder (or, with --repackage, a model package folder)")
+    p.add_argument("out_dir", type=Path)
+    p.add_argument(
+        "--repackage",
+        action="store_true",
+        help="RUN_DIR is a model package: write it again with its ONNX network (weights unchanged), e.g. with --version",
+    )
+    _add_package_options(p)
     p.add_argument("--version", help="package version (default: the run config's model.version)")
     args = p.parse_args(argv)
+    return args
+
+
+def _parse_ensemble(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="export.py --ensemble",
+        description="Write an ensemble package: several networks of the same architecture, preprocessing and "
+        "labels whose softmax inference averages.",
+    )
+    p.add_argument("--ensemble", required=True, type=Path, metavar="OUT_DIR", help="the ensemble package folder")
+    p.add_argument("sources", nargs="+", type=Path, help="model package folders or training run folders, in order")
+    p.add_argument(
+        "--members-per-quality",
+        default=DEFAULT_MEMBERS_PER_QUALITY,
+        help=f"members (the first N) per --quality, e.g. fast=1,standard=1,best=all, or all "
+        f"(default {DEFAULT_MEMBERS_PER_QUALITY})",
+    )
+    p.add_argument("--names", help="comma-separated member names (default member0, member1, ...)")
+    p.add_argument("--id", help="model id (default: the first member's id + '-ensemble')")
+    p.add_argument("--name", help="display name (default: the first member's + ', ensemble of N')")
+    p.add_argument("--version", help="package version (default: the first member's)")
+    _add_package_options(p)
+    if any(a in ("-h", "--help") for a in argv):
+        p.parse_args(["--help"])  # also for "--ensemble --help", where --help is not OUT_DIR
+    args = p.parse_args(argv)
+    args.out_dir = args.ensemble
+    return args
+
+
+def _metrics_and_files(args: argparse.Namespace) -> Tuple[Dict[str, Any], Dict[str, Path]]:
+    metrics = json.loads(args.metrics.read_text(encoding="utf-8")) if args.metrics else {}
+    for item in args.eval:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise ValueError(f"--eval {item!r} is not NAME=EVAL_DIR")
+        metrics[name] = metrics_from_evaluation(Path(folder))
+    extra: Dict[str, Path] = {}
+    for item in args.add:
+        name, sep, src = item.partition("=")
+        path = Path(src if sep else item)
+        if not path.is_file():
+            raise FileNotFoundError(f"--add {item}: {path} is not a file")
+        extra[name if sep else path.name] = path
+    return metrics, extra
+
+
+def ensemble_from_args(args: argparse.Namespace, metrics: Dict[str, Any], extra: Dict[str, Path]):
+    """The ensemble package of ``export.py --ensemble``."""
+    import tempfile
+
+    names = (
+        [n.strip() for n in args.names.split(",")] if args.names else [f"member{i}" for i in range(len(args.sources))]
+    )
+    if len(names) != len(args.sources):
+        raise ValueError(f"--names gives {len(names)} names for {len(args.sources)} sources")
+    per_quality = parse_members_per_quality(args.members_per_quality, len(args.sources))
+    with tempfile.TemporaryDirectory(prefix="unetsegment-ensemble-") as work:
+        members = []
+        for i, (name, source) in enumerate(zip(names, args.sources)):
+            package, provenance = source_package(source, Path(work) / f"m{i}", args.checkpoint)
+            members.append((name, package, provenance))
+        return export_ensemble(
+            args.out_dir, members, per_quality, args.id, args.version, args.name, metrics=metrics, extra_files=extra
+        )
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ensemble = any(a == "--ensemble" or a.startswith("--ensemble=") for a in argv)
+    args = _parse_ensemble(argv) if ensemble else _parse_single(argv)
     from UNetSegmentLib.model_package import ModelPackageError
 
     try:
-        metrics = json.loads(args.metrics.read_text(encoding="utf-8")) if args.metrics else {}
-        for item in args.eval:
-            name, sep, folder = item.partition("=")
-            if not sep or not name or not folder:
-                raise ValueError(f"--eval {item!r} is not NAME=EVAL_DIR")
-            metrics[name] = metrics_from_evaluation(Path(folder))
-        extra: Dict[str, Path] = {}
-        for item in args.add:
-            name, sep, src = item.partition("=")
-            path = Path(src if sep else item)
-            if not path.is_file():
-                raise FileNotFoundError(f"--add {item}: {path} is not a file")
-            extra[name if sep else path.name] = path
-        if args.repackage:
+        metrics, extra = _metrics_and_files(args)
+        if ensemble:
+            pkg = ensemble_from_args(args, metrics, extra)
+            print(f"ensemble package: {pkg.path}: {pkg.info.members_summary()}")
+        elif args.repackage:
             pkg = repackage(args.run_dir, args.out_dir, version=args.version, metrics=metrics)
         else:
             pkg = export_run(
                 args.run_dir, args.out_dir, metrics, checkpoint=args.checkpoint, extra_files=extra, version=args.version
             )
-        print(f"model package: {pkg.path} (sha256 of weights {pkg.info.weights_sha256[:12]}...)")
+        if not ensemble:
+            print(f"model package: {pkg.path} (sha256 of weights {pkg.info.weights_sha256[:12]}...)")
         if args.zip or args.catalogue:
             z = pkg.to_zip(args.out_dir.with_suffix(".zip"))
             entry = catalogue_entry(z, pkg, args.url or z.name)

@@ -239,7 +239,7 @@ def _record_key(package, args: argparse.Namespace) -> Dict[str, Any]:
     from .extras import BATCH_SUFFIXES
 
     info = package.info
-    key: Dict[str, Any] = {"model": {"id": info.id, "version": info.version, "weights_sha256": info.weights_sha256}}
+    key: Dict[str, Any] = {"model": {"id": info.id, "version": info.version, "weights_sha256": info.weights_digest}}
     key.update({k: getattr(args, k) for k in (*RESULT_OPTIONS, *BATCH_SUFFIXES) if hasattr(args, k)})
     return key
 

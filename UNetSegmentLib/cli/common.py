@@ -299,6 +299,7 @@ def predict_and_write(
             "device": prediction.device,
             "backend": prediction.backend,
             "quality": predictor.quality,
+            "members": prediction.members,
             "seconds": round(time.perf_counter() - t_start, 2),
             "warnings": list(warnings),
         }

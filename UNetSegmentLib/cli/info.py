@@ -14,6 +14,10 @@ from .models import model_store
 
 def add_parser(sub, parents, **fmt) -> None:
     p = sub.add_parser("info", parents=parents, help="versions, runtime, CPU, threads, bfloat16 support, model cache")
+    p.add_argument(
+        "--model",
+        help="also describe this model (ID, ID@VERSION or a package folder): its networks and the backend it gets",
+    )
     p.set_defaults(func=run)
 
 
@@ -60,5 +64,16 @@ def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellati
         print("device      cpu")
     print(f"backend     {backend} (--backend auto)")
     print(f"model cache {store.root}")
-    print(f"default     {DEFAULT_MODEL_ID} ({f'installed {default.info.version}' if default else 'not installed'})")
+    installed = f"installed {default.info.version}, {default.info.members_summary()}" if default else "not installed"
+    print(f"default     {DEFAULT_MODEL_ID} ({installed})")
+    if getattr(args, "model", None):
+        package = store.resolve(args.model, allow_download=False)
+        try:
+            chosen = choose_backend("auto", "auto", has_onnx=package.has_onnx)
+        except RuntimeUnavailable as e:
+            chosen = f"none ({e})"
+        print(
+            f"model       {package.info.id} {package.info.version}: {package.info.members_summary()} ({package.path})"
+        )
+        print(f"            backend {chosen} (--backend auto), checksums of every network verified")
     return EXIT_OK

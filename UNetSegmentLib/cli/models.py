@@ -34,7 +34,8 @@ def model_store():
 
 def _describe(pkg, store) -> str:
     where = "bundled" if store.bundled_dir in pkg.path.parents else "cache"
-    return f"  {pkg.info.id:<28} {pkg.info.version:<10} {', '.join(pkg.info.structures):<36} [{where}] {pkg.path}"
+    line = f"  {pkg.info.id:<28} {pkg.info.version:<10} {', '.join(pkg.info.structures):<36} [{where}] {pkg.path}"
+    return line + (f" [{pkg.info.members_summary()}]" if pkg.info.is_ensemble else "")
 
 
 def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellation) -> int:
@@ -99,7 +100,8 @@ def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellati
         for model_id, version in targets:
             try:
                 pkg = store.verify(model_id, version)
-                print(f"ok      {pkg.info.id} {pkg.info.version} ({pkg.path})")
+                checked = f"; {len(pkg.info.members)} members checked" if pkg.info.is_ensemble else ""
+                print(f"ok      {pkg.info.id} {pkg.info.version} ({pkg.path}{checked})")
             except ModelPackageError as e:
                 print(f"FAILED  {model_id} {version or ''}: {e}")
                 code = EXIT_MODEL

@@ -91,8 +91,10 @@ def run(args: argparse.Namespace, reporter: ProgressReporter, cancel: Cancellati
     predictor = build_predictor(package, args)
     result = predict_and_write(job, image, warnings, predictor, reporter, cancel, t_start)
     reporter.result(result)
+    averaged = f" (average of {result['members']} networks)" if result["members"] > 1 else ""
     print(
-        f"Segmented {source} with {package.info.id} {package.info.version} on {result['device']} in {result['seconds']:.1f} s"
+        f"Segmented {source} with {package.info.id} {package.info.version}{averaged} on {result['device']} "
+        f"in {result['seconds']:.1f} s"
     )
     print_volumes(result, structure_names(predictor))
     extras.print_findings(result)

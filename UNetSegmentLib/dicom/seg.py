@@ -203,7 +203,7 @@ def _segmentation(source_headers, segments, info, series_number: int, instance_n
         manufacturer="UNetSegment",
         manufacturer_model_name=f"{info.id}"[:64],
         software_versions=f"unetsegment {__version__}; {info.id} {info.version}"[:64],
-        device_serial_number=(info.weights_sha256 or "unknown")[:16],
+        device_serial_number=(info.weights_digest or "unknown")[:16],
         series_description=f"{info.name} ({info.version})"[:64],
         content_label="SEGMENTATION",
         content_description=f"{info.id} {info.version}"[:64],

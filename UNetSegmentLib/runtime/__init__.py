@@ -16,10 +16,13 @@ installed and an NVIDIA driver is present, so a CPU-only machine never imports t
 else ``openvino`` on a CPU with native bf16 where OpenVINO is installed, else ``onnxruntime``
 when the package has ONNX and ONNX Runtime is installed, else ``torch``.
 Every runtime can be cancelled while it runs (:meth:`Runtime.run`'s ``should_cancel``).
+A runtime runs one network: an ensemble package gets one per member, on the same backend.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import importlib.util
 import os
 import platform
@@ -43,7 +46,9 @@ class CancelledError(Exception):
 
 
 class Runtime(Protocol):
-    """Runs the network on one ``(1, C, z, y, x)`` float32 array at a time (any size the network accepts)."""
+    """Runs the network on one ``(1, C, z, y, x)`` float32 array at a time (any size the network accepts).
+
+    Optionally ``release_memory()``: free what the last run kept (called between an ensemble's members)."""
 
     name: str  #: "onnxruntime" or "torch"
     device: str  #: "cpu", "cuda" or "mps"
@@ -59,6 +64,23 @@ class Runtime(Protocol):
     def fallback(self) -> Optional[Runtime]:
         """A CPU runtime to retry on after the device ran out of memory (None: no fallback)."""
         ...
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Optional[Callable[[int], int]]:
+    if platform.system() != "Linux":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl)
+        return None
+
+
+def trim_heap() -> None:
+    """Return freed heap memory to the system where the C library can (glibc's ``malloc_trim``)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def torch_installed() -> bool:
@@ -155,7 +177,9 @@ def create_runtime(
     precision: str = "auto",
     threads: Optional[int] = None,
 ) -> Runtime:
-    """The runtime for ``package`` (a :class:`~UNetSegmentLib.model_package.ModelPackage`)."""
+    """The runtime for ``package``: a :class:`~UNetSegmentLib.model_package.ModelPackage` with one
+    network, or one network of a package (:class:`~UNetSegmentLib.model_package.PackageMember`;
+    an ensemble runs one runtime per member, see :class:`~UNetSegmentLib.inference.Predictor`)."""
     check_precision(precision, device)
     chosen = choose_backend(backend, device, package.has_onnx)
     if precision == "bfloat16" and chosen == "onnxruntime" and backend == "auto":
@@ -187,4 +211,5 @@ __all__ = [
     "check_precision",
     "choose_backend",
     "create_runtime",
+    "trim_heap",
 ]

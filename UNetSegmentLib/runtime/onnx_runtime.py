@@ -16,7 +16,7 @@ from typing import Callable, List, Optional
 import numpy as np
 
 from ..hardware import default_threads
-from . import CancelledError
+from . import CancelledError, trim_heap
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ MAX_WINDOW_VOXELS = 1_600_000
 
 
 class OnnxRuntime:
-    """A model package's ONNX network in an ONNX Runtime CPU session."""
+    """A model package's ONNX network (or one ensemble member's) in an ONNX Runtime CPU session."""
 
     name = "onnxruntime"
     device = "cpu"
@@ -57,6 +57,11 @@ class OnnxRuntime:
 
     def fallback(self) -> None:
         return None
+
+    def release_memory(self) -> None:
+        """Hand the memory freed after the last run back to the system (glibc keeps it per thread
+        otherwise), so that an ensemble's members, run one after the other, do not each keep theirs."""
+        trim_heap()
 
     def _run(self, x: np.ndarray, options) -> np.ndarray:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)}, options)[0]

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..hardware import cpu_info, default_threads
-from . import CancelledError
+from . import CancelledError, trim_heap
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ MAX_WINDOW_VOXELS = 1_600_000
 
 
 class OpenVinoRuntime:
-    """A model package's ONNX network compiled by OpenVINO for the CPU."""
+    """A model package's ONNX network (or one ensemble member's) compiled by OpenVINO for the CPU."""
 
     name = "openvino"
     device = "cpu"
@@ -51,6 +51,15 @@ class OpenVinoRuntime:
 
     def fallback(self) -> None:
         return None
+
+    def release_memory(self) -> None:
+        """Free the intermediate buffers kept from the last run, and hand the freed pages back to the
+        system (glibc keeps them per thread otherwise): an ensemble's members run one after the other,
+        so only one member's buffers are held at a time. The next run allocates them again."""
+        release = getattr(self.compiled, "release_memory", None)  # OpenVINO 2024.3 and later
+        if release is not None:
+            release()
+            trim_heap()
 
     def run(self, x: np.ndarray, should_cancel: Optional[Callable[[], bool]] = None) -> np.ndarray:
         """``(1, C, z, y, x)`` float32 -> logits ``(1, K, z, y, x)`` float32."""

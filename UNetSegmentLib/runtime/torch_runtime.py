@@ -47,7 +47,8 @@ def cpu_supports_bf16() -> bool:
 
 
 class TorchRuntime:
-    """A model package's network in PyTorch on one device."""
+    """A model package's network (or one ensemble member's) in PyTorch on one device; the weights'
+    bytes checked against ``model.json``'s sha256 are the bytes loaded."""
 
     name = "torch"
 
