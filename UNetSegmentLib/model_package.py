@@ -662,14 +662,7 @@ class ModelPackage:
             info = ModelInfo(**{**info.__dict__, "onnx_sha256": sha256_file(folder / ONNX_FILE), "onnx_opset": OPSET})
         elif (folder / ONNX_FILE).exists():
             (folder / ONNX_FILE).unlink()  # an ONNX of other weights must not stay beside these
-        for name, src in (extra_files or {}).items():
-            dst = folder / name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
-        tmp = folder / (MODEL_JSON + ".tmp")
-        tmp.write_text(json.dumps(info.to_dict(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, folder / MODEL_JSON)
-        return ModelPackage(folder, info)
+        return ModelPackage._finish(folder, info, extra_files)
 
     @staticmethod
     def write_ensemble(
@@ -730,10 +723,17 @@ class ModelPackage:
             specs.append(spec)
         fields = {"weights_sha256": "", "onnx_sha256": "", "onnx_opset": 0, "members": tuple(specs)}
         info = ModelInfo(**{**info.__dict__, **fields, "members_per_quality": dict(members_per_quality or {})})
-        for name, src_file in (extra_files or {}).items():
+        return ModelPackage._finish(folder, info, extra_files)
+
+    @staticmethod
+    def _finish(folder: Path, info: ModelInfo, extra_files: Optional[Dict[str, Union[str, Path]]]) -> ModelPackage:
+        """Copy the extra files, then write ``model.json`` last (atomically): a package is whole or absent."""
+        import shutil
+
+        for name, src in (extra_files or {}).items():
             dst = folder / name
             dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src_file, dst)
+            shutil.copyfile(src, dst)
         tmp = folder / (MODEL_JSON + ".tmp")
         tmp.write_text(json.dumps(info.to_dict(), indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, folder / MODEL_JSON)
