@@ -458,3 +458,28 @@ def test_export_cli_last_checkpoint_into_a_catalogue(tiny_run, tmp_path, capsys)
     assert main([str(tiny_run), str(tmp_path / "again"), "--catalogue", str(bad)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("export.py:") and bad.read_text(encoding="utf-8") == '{"models": "none"}'
+
+
+def test_init_seed_changes_the_weights_not_the_folds(tmp_path):
+    """``train.init_seed`` gives a second initialisation on the same cross-validation split."""
+    from conftest import tiny_experiment, write_pairs
+
+    from training.trainer import run
+
+    data = write_pairs(tmp_path / "pairs", 4)
+    source = {"format": "pairs", "path": str(data), "label_map": {1: "prostate"}}
+    outs = {}
+    for name, init in (("plain", None), ("zero", 0), ("one", 1)):
+        cfg = tiny_experiment(
+            name, tmp_path / name, source, seed=0, **({"init_seed": init} if init is not None else {})
+        )
+        cfg["data"].update(folds=2, fold=1, cache_dir=str(tmp_path / "cache"))
+        f = tmp_path / f"{name}.yaml"
+        f.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+        out = run(load_config(f))
+        split = (out / "split.csv").read_text(encoding="utf-8")
+        outs[name] = (split, torch.load(out / "last.pt", map_location="cpu", weights_only=False)["model"])
+    assert outs["plain"][0] == outs["zero"][0] == outs["one"][0]  # the same patients held out
+    same = all(torch.equal(outs["plain"][1][k], outs["zero"][1][k]) for k in outs["plain"][1])
+    differ = any(not torch.equal(outs["plain"][1][k], outs["one"][1][k]) for k in outs["plain"][1])
+    assert same and differ  # init_seed 0 is train.seed 0; 1 is another network

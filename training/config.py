@@ -136,6 +136,10 @@ class TrainConfig:
     #: validate every N epochs (always after the last)
     validate_every: int = 5
     seed: int = 0
+    #: seed of the initial weights, the patches drawn and their augmentation; -1: ``seed``. Only
+    #: ``seed`` chooses the validation cases and the folds, so ``init_seed=1`` trains a second
+    #: initialisation on the same split (the ensemble's paired test in a cross-validation)
+    init_seed: int = -1
     #: auto | float32 | bfloat16 (bf16 autocast on CPUs with native bf16 and on GPUs)
     precision: str = "auto"
     device: str = "auto"

@@ -62,6 +62,11 @@ def network_config(cfg: ExperimentConfig) -> UNet3DConfig:
     )  # type: ignore[arg-type]
 
 
+def init_seed(cfg: ExperimentConfig) -> int:
+    """The seed of the weights and the patches (``train.init_seed``, else ``train.seed``); not of the split."""
+    return cfg.train.init_seed if cfg.train.init_seed >= 0 else cfg.train.seed
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -207,7 +212,7 @@ def build(cfg: ExperimentConfig, resume: bool, pack: Optional[Union[str, Path]] 
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.train.device)
     rank, world = setup_distributed(device.type == "cuda")
-    seed_everything(cfg.train.seed + rank)
+    seed_everything(init_seed(cfg) + rank)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     if world > 1 and device.type == "cuda":
@@ -462,7 +467,7 @@ def fit(run: Run) -> Dict[str, float]:
     cfg = run.cfg
     a = cfg.augment
     on_device = a.enabled and a.on_device
-    seed = cfg.train.seed + 1000 * run.epoch
+    seed = init_seed(cfg) + 1000 * run.epoch
     augment = build_augment(a, cfg.model.patch_size_zyx) if a.enabled and not on_device else None
     centre = a if a.enabled and not on_device and _centre_augmented(a) else None
     sampler = PatchSampler(
