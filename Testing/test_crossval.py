@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -120,6 +121,21 @@ def test_crossval_runs_the_recipe_per_fold_pools_and_compares(tmp_path, capsys):
     assert (out / "fold1" / "first" / "last.pt").stat().st_mtime_ns == first_stamp
     assert sorted(r["case_id"] for r in read_per_case(out / "first" / "per_case.csv")) == ["p0", "p1", "p2"]
     assert main(["compare", str(out / "first"), str(pooled_dir)]) == 0
+    # per fold, the average of the two recipes' fold models, scored on that fold's patients
+    assert main(["average", str(out / "first"), str(pooled_dir), "-o", str(tmp_path / "avg")]) == 0
+    averaged = read_per_case(tmp_path / "avg" / "average" / "per_case.csv")
+    assert sorted(r["case_id"] for r in averaged) == ["p0", "p1", "p2"]
+    pair = json.loads((tmp_path / "avg" / "fold0" / "average.model" / "model.json").read_text(encoding="utf-8"))
+    assert [m["provenance"]["fold"] for m in pair["members"]] == [0, 0] and len(pair["members"]) == 2
+    assert main(["compare", str(pooled_dir), str(tmp_path / "avg" / "average")]) == 0
+    other = tmp_path / "other"
+    shutil.copytree(out / "first", other)
+    summary = json.loads((other / "summary.json").read_text(encoding="utf-8"))
+    summary["crossval"]["fold_of_case"]["p0"] = 1 - summary["crossval"]["fold_of_case"]["p0"]
+    (other / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["average", str(other), str(pooled_dir), "-o", str(tmp_path / "avg2")]) == 1
+    assert "hold out other patients" in capsys.readouterr().err
     # a changed recipe does not silently reuse the folds trained with the old one
     capsys.readouterr()
     assert main(argv + ["train.learning_rate=0.5"]) == 1

@@ -49,6 +49,11 @@ most 8 files of at most 16 MiB, and ``restore DEST`` unpacks them into ``OUT`` o
 machine, where the same ``run`` command (``OUT/cv_run.json`` records it) skips the
 finished training and evaluates and pools. ``training/gpu_cv.sh`` is the device call.
 
+``average A B -o DIR`` is the paired test of an ensemble: per fold, A's and B's fold models
+averaged (a two-member package), scored on the fold's held-out patients and pooled into
+``DIR/average``; ``compare A DIR/average`` then pairs one model with the average of two (B: the
+recipe again with ``train.init_seed=1``, the same folds and other weights).
+
 ``compare`` pairs two pooled evaluations by patient and structure: mean of each, the mean
 difference (B - A) with a bootstrap 95% interval over patients, and how many patients each
 one wins. Both must have evaluated the same patients.
@@ -771,6 +776,55 @@ def pack_ensemble(
     return package.path
 
 
+def average_folds(a: Path, b: Path, output: Path, quality: str = "standard", device: str = "auto") -> Path:
+    """The paired test of an ensemble: per fold, the average of cross-validation ``a``'s and ``b``'s
+    fold models (``OUT/NAME`` pooled folders over the same folds; e.g. the recipe and the recipe with
+    ``train.init_seed=1``), scored on that fold's held-out patients and pooled into ``output`` like a
+    cross-validation, so ``compare a output`` pairs one model with the average of two."""
+    from training.evaluate import cases_from_data, evaluate, read_per_case, summarize, write_per_case
+    from training.export import export_ensemble, source_package
+
+    summaries = []
+    for pooled in (Path(a), Path(b)):
+        path = pooled / "summary.json"
+        cv = json.loads(path.read_text(encoding="utf-8")).get("crossval") if path.is_file() else None
+        if not cv:
+            raise ValueError(f"{pooled} is not a cross-validation's pooled folder (OUT/NAME with summary.json)")
+        summaries.append(cv)
+    if summaries[0]["fold_of_case"] != summaries[1]["fold_of_case"]:
+        raise ValueError(f"{a} and {b} hold out other patients in their folds (train.seed or data differ)")
+    folds = int(summaries[0]["folds"])
+    output = Path(output)
+    rows: List[Dict[str, Any]] = []
+    for f in range(folds):
+        members, runs = [], []
+        for tag, pooled in (("a", Path(a)), ("b", Path(b))):
+            out, name = pooled.parent, pooled.name
+            package, provenance = source_package(fold_dir(out, f) / f"{name}.model")
+            members.append((tag, package, {**provenance, "fold": f, "folds": folds}))
+            runs.append(fold_dir(out, f) / name)
+        pair = export_ensemble(fold_dir(output, f) / "average.model", members, {q: 2 for q in QUALITIES})
+        cases = cases_from_data(runs[0], "validation")
+        held = sorted(c.case_id for c in cases)
+        if held != sorted(c.case_id for c in cases_from_data(runs[1], "validation")):
+            raise ValueError(f"fold {f}: {runs[0]} and {runs[1]} hold out other patients")
+        eval_dir = fold_dir(output, f) / "average.eval"
+        if not (eval_dir / "per_case.csv").is_file():
+            description = f"fold {f} of {folds}: the average of {a} and {b}'s fold models"
+            evaluate(pair, cases, eval_dir, device=device, quality=quality, description=description)
+        rows.extend(read_per_case(eval_dir / "per_case.csv"))
+    pooled = output / "average"
+    pooled.mkdir(parents=True, exist_ok=True)
+    write_per_case(rows, pooled / "per_case.csv")
+    summary = summarize(rows)
+    summary["data"] = f"{folds}-fold cross-validation: per fold, the average of {a} and {b}'s models"
+    summary["crossval"] = {**summaries[0], "averaged": [str(a), str(b)], "quality": quality}
+    summary["targets"] = targets(rows)
+    (pooled / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_report(pooled, summary)
+    return pooled
+
+
 # --- command line -----------------------------------------------------------
 
 
@@ -816,6 +870,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     c.add_argument("a", type=Path, help="evaluation folder A (per_case.csv), e.g. a cross-validation's output")
     c.add_argument("b", type=Path, help="evaluation folder B, over the same patients")
     c.add_argument("-o", "--output", type=Path, help="also write the table (Markdown) and the numbers (.json) here")
+    v = sub.add_parser("average", help="per fold, the average of two cross-validations' models, pooled")
+    v.add_argument("a", type=Path, help="pooled folder OUT/NAME of one cross-validation")
+    v.add_argument("b", type=Path, help="pooled folder of another over the same folds (e.g. train.init_seed=1)")
+    v.add_argument("-o", "--output", required=True, type=Path, help="folder for the pairs and the pooled results")
+    v.add_argument("--quality", default="standard", choices=QUALITIES, help="evaluation --quality (default standard)")
+    v.add_argument("--device", default="auto", help="evaluation device: auto, cpu or cuda")
     e = sub.add_parser("ensemble", help="pack the fold models into one ensemble package")
     e.add_argument("pooled", type=Path, help="the cross-validation's pooled folder, OUT/NAME")
     e.add_argument("-o", "--output", required=True, type=Path, help="the ensemble package folder to write")
@@ -856,6 +916,10 @@ def main(argv=None) -> int:
     except ImportError:  # no SimpleITK (training from a data pack): no image is read here
         pass
     try:
+        if args.command == "average":
+            pooled = average_folds(args.a, args.b, args.output, args.quality, args.device)
+            print(f"pooled results of the averages in {pooled}; compare with: crossval.py compare {args.a} {pooled}")
+            return 0
         if args.command == "ensemble":
             path = pack_ensemble(args.pooled, args.output, args.final, args.members_per_quality, args.id, args.version)
             from UNetSegmentLib.model_package import ModelPackage
