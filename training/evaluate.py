@@ -359,7 +359,15 @@ def evaluate(
         }
         summary["data"] = description
         summary["quality"] = quality
-        summary["runtime"] = {"backend": predictor.backend, "device": predictor.device, "windows": windows}
+        from UNetSegmentLib.hardware import cpu_summary
+
+        # seconds_per_case means something only beside the machine that measured it
+        summary["runtime"] = {
+            "backend": predictor.backend,
+            "device": predictor.device,
+            "windows": windows,
+            "cpu": cpu_summary(),
+        }
         (out / "summary.json").write_text(
             json.dumps(summary, indent=2, allow_nan=False, default=_json_default) + "\n", encoding="utf-8"
         )
