@@ -103,13 +103,16 @@ def gaussian_blur(image: torch.Tensor, sigma_zyx: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _resample_lowres(image: torch.Tensor, zoom_zyx: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    """Down-sample the chosen samples by ``zoom`` (B, 3) per axis (nearest) and back up (trilinear)."""
+def _resample_lowres(
+    image: torch.Tensor, zoom_zyx: torch.Tensor, chosen: torch.Tensor, mode: str = "nearest"
+) -> torch.Tensor:
+    """Down-sample the chosen samples by ``zoom`` (B, 3) per axis (``mode``: nearest, or area for thick
+    slices) and back up (trilinear)."""
     out = image.clone()
     size = image.shape[2:]
     for i in torch.nonzero(chosen).flatten().tolist():
         small = [max(1, int(round(s * float(z)))) for s, z in zip(size, zoom_zyx[i])]
-        low = F.interpolate(image[i : i + 1], size=small, mode="nearest")
+        low = F.interpolate(image[i : i + 1], size=small, mode=mode)
         out[i : i + 1] = F.interpolate(low, size=size, mode="trilinear", align_corners=False)
     return out
 
@@ -174,18 +177,7 @@ def centre_transforms(image: torch.Tensor, cfg: AugmentConfig, g: torch.Generato
     if cfg.through_plane_prob > 0 and bool(pick.any()) and out.shape[2] > 1:
         factor = 1 + torch.rand(b, generator=g, dtype=torch.float64) * (cfg.through_plane_factor - 1)
         zoom = torch.stack([1 / factor, torch.ones(b, dtype=torch.float64), torch.ones(b, dtype=torch.float64)], 1)
-        out = _resample_lowres_area(out, zoom, pick)
-    return out
-
-
-def _resample_lowres_area(image: torch.Tensor, zoom_zyx: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    """Thick slices: average (area) down-sampling of the chosen samples, then linear interpolation back."""
-    out = image.clone()
-    size = image.shape[2:]
-    for i in torch.nonzero(chosen).flatten().tolist():
-        small = [max(1, int(round(s * float(z)))) for s, z in zip(size, zoom_zyx[i])]
-        low = F.interpolate(image[i : i + 1], size=small, mode="area")
-        out[i : i + 1] = F.interpolate(low, size=size, mode="trilinear", align_corners=False)
+        out = _resample_lowres(out, zoom, pick, mode="area")  # thick slices: slices averaged
     return out
 
 
